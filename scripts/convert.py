@@ -1,0 +1,24 @@
+#!/usr/bin/env python
+"""Convert one dataset to canonical JSONL + manifest (the `convert` rule)."""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tuneflow.cli import json_arg, run  # noqa: E402
+from tuneflow.data.convert import convert_dataset  # noqa: E402
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--spec", required=True, type=json_arg, help="dataset spec as JSON (see tuneflow.data.convert)")
+    p.add_argument("--out", required=True, help="output directory results/data/<name>")
+    a = p.parse_args(argv)
+    m = convert_dataset(a.spec, a.out)
+    c = m["counts"]
+    print(f"{m['dataset']}: read {c['read']}, kept {c['kept']} (train {c['train']}, validation {c['validation']}), "
+          f"dropped {c['dropped']}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    run(main)

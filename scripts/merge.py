@@ -1,0 +1,26 @@
+#!/usr/bin/env python
+"""Merge a stage's adapter into its base model and check logits (the `merge` rule)."""
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tuneflow.cli import json_arg, run  # noqa: E402
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--base", required=True, type=json_arg, help="the stage's base_model block as JSON")
+    p.add_argument("--finetuning", required=True, choices=["lora", "qlora", "full"])
+    p.add_argument("--adapter", required=True)
+    p.add_argument("--out", required=True)
+    a = p.parse_args(argv)
+    from tuneflow.merge import merge_adapter
+
+    check = merge_adapter(a.base, a.adapter, a.finetuning, a.out)
+    print("merge check:", json.dumps(check), file=sys.stderr)
+
+
+if __name__ == "__main__":
+    run(main)

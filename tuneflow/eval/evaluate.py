@@ -1,0 +1,247 @@
+"""Evaluate one model on one dataset's validation split (the `evaluate` rule).
+
+Runs under torchrun like training (records are sharded across ranks and gathered on rank 0):
+  text             eval loss and perplexity over the documents
+  alpaca/sharegpt  eval loss on the assistant's tokens; batched greedy generation (left padding,
+                   KV cache, max_new_tokens from config) scored with ROUGE-1/2/L, BLEU-4, exact match
+  promptcblue      all of the above plus the official PromptCBLUE scoring rules per task
+  preference       log-prob accuracy (chosen more likely than rejected); for a DPO model also the
+                   implicit-reward accuracy and mean reward margin against its reference model
+Predictions are written as JSONL next to the scores.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+
+
+def _dist():
+    import torch
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend)
+    return int(os.environ.get("RANK", "0")), world
+
+
+def _gather(obj, world):
+    if world == 1:
+        return [obj]
+    import torch.distributed as dist
+
+    out = [None] * world
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def _device():
+    import torch
+
+    if torch.cuda.is_available():
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    return "cpu"
+
+
+def load_model(spec, device):
+    from transformers import AutoModelForCausalLM
+
+    from tuneflow import models
+
+    model_dir = models.resolve_model_path(spec["path"], spec.get("revision"))
+    cfg = models.check_model_dir(model_dir, spec)
+    model = AutoModelForCausalLM.from_pretrained(
+        model_dir, dtype=models.torch_dtype(spec.get("torch_dtype", "auto"), cfg),
+        trust_remote_code=bool(spec.get("trust_remote_code")), use_safetensors=not spec.get("allow_unsafe_weights"))
+    return model.to(device).eval(), model_dir
+
+
+def _batches(items, size):
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+def sequence_logps(model, tokenizer, rows, batch_size, device):
+    """For (input_ids, labels) rows (-100 = not scored): summed log-prob of the scored tokens and
+    their count. Right padding; labels are predicted from the previous position."""
+    import torch
+
+    out = []
+    pad = tokenizer.pad_token_id
+    for batch in _batches(rows, batch_size):
+        width = max(len(ids) for ids, _ in batch)
+        ids = torch.full((len(batch), width), pad, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        labels = torch.full_like(ids, -100)
+        for i, (seq, lab) in enumerate(batch):
+            ids[i, :len(seq)] = torch.tensor(seq)
+            mask[i, :len(seq)] = 1
+            labels[i, :len(lab)] = torch.tensor(lab)
+        ids, mask, labels = ids.to(device), mask.to(device), labels.to(device)
+        with torch.no_grad():
+            logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+        tgt = labels[:, 1:]
+        logp = torch.log_softmax(logits, dim=-1)
+        tok = torch.gather(logp, 2, tgt.clamp(min=0).unsqueeze(-1)).squeeze(-1) * (tgt != -100)
+        for i in range(len(batch)):
+            out.append((tok[i].sum().item(), int((tgt[i] != -100).sum().item())))
+    return out
+
+
+def completion_row(prompt_ids, completion_ids):
+    return prompt_ids + completion_ids, [-100] * len(prompt_ids) + list(completion_ids)
+
+
+def generate(model, tokenizer, prompts, settings, device):
+    import torch
+
+    from tuneflow.templates import stop_token_ids
+
+    tokenizer.padding_side = "left"
+    stops = stop_token_ids(tokenizer)
+    results = []
+    for batch in _batches(prompts, settings["batch_size"]):
+        enc = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+        with torch.no_grad():
+            out = model.generate(**enc, max_new_tokens=settings["max_new_tokens"], do_sample=settings["do_sample"],
+                                 temperature=settings["temperature"] if settings["do_sample"] else None,
+                                 top_p=None, top_k=None, eos_token_id=stops, pad_token_id=tokenizer.pad_token_id,
+                                 use_cache=True)
+        for row in out[:, enc["input_ids"].shape[1]:]:
+            ids = row.tolist()
+            cut = next((i for i, t in enumerate(ids) if t in stops), len(ids))
+            results.append(tokenizer.decode(ids[:cut], skip_special_tokens=True).strip())
+    return results
+
+
+def evaluate_dataset(model, tokenizer, ref_model, settings, name, fmt, data_dir, rank, world, device):
+    """Evaluate one dataset's validation split; returns the result on rank 0 (None elsewhere)."""
+    from tuneflow.data.convert import read_jsonl
+    from tuneflow.templates import assistant_spans, render
+    from tuneflow.tokenization import labels_from_spans
+
+    started = time.time()
+    records = read_jsonl(Path(data_dir) / "validation.jsonl")[: settings["max_samples"]]
+    shard = list(enumerate(records))[rank::world]
+    result = {"dataset": name, "format": fmt, "n": len(records), "metrics": {}}
+    local = {"loss_sum": 0.0, "tokens": 0, "predictions": [], "pref": []}
+    bs = settings["batch_size"]
+
+    if fmt == "text":
+        limit = getattr(model.config, "max_position_embeddings", 2048)
+        rows = []
+        for _, r in shard:
+            ids = tokenizer(r["text"], add_special_tokens=False)["input_ids"][:limit]
+            rows.append((ids, ids))
+        for lp, n in sequence_logps(model, tokenizer, rows, bs, device):
+            local["loss_sum"] -= lp
+            local["tokens"] += n
+    elif fmt in ("alpaca", "sharegpt", "promptcblue"):
+        # Teacher-forced loss on the assistant's tokens (all turns), as SFT trains them.
+        rows = []
+        for _, r in shard:
+            text, spans = assistant_spans(tokenizer, r["messages"])
+            enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+            rows.append((enc["input_ids"], labels_from_spans(enc["offset_mapping"], spans, enc["input_ids"])))
+        for lp, n in sequence_logps(model, tokenizer, rows, bs, device):
+            local["loss_sum"] -= lp
+            local["tokens"] += n
+        # Generation for the last assistant turn, given everything before it.
+        prompts = [render(tokenizer, r["messages"][:-1], add_generation_prompt=True) for _, r in shard]
+        outputs = generate(model, tokenizer, prompts, settings, device)
+        local["predictions"] = [{"index": i, "id": r["id"], "prediction": o, "reference": r["messages"][-1]["content"],
+                                 **({"meta": r["meta"]} if "meta" in r else {})} for (i, r), o in zip(shard, outputs)]
+    elif fmt == "preference":
+        pairs = []
+        for _, r in shard:
+            p = tokenizer(render(tokenizer, r["messages"], add_generation_prompt=True), add_special_tokens=False)["input_ids"]
+            for resp in (r["chosen"], r["rejected"]):
+                full = tokenizer(render(tokenizer, r["messages"] + [{"role": "assistant", "content": resp}]),
+                                 add_special_tokens=False)["input_ids"]
+                pairs.append(completion_row(p, full[len(p):]))
+        logps = [lp for lp, _ in sequence_logps(model, tokenizer, pairs, bs, device)]
+        ref = [lp for lp, _ in sequence_logps(ref_model, tokenizer, pairs, bs, device)] if ref_model is not None else None
+        for j in range(len(shard)):
+            entry = {"chosen": logps[2 * j], "rejected": logps[2 * j + 1]}
+            if ref is not None:
+                entry.update(ref_chosen=ref[2 * j], ref_rejected=ref[2 * j + 1])
+            local["pref"].append(entry)
+
+    gathered = _gather(local, world)
+    if rank != 0:
+        return None, None
+    loss_sum = sum(g["loss_sum"] for g in gathered)
+    tokens = sum(g["tokens"] for g in gathered)
+    if tokens:
+        result["metrics"]["eval_loss"] = loss_sum / tokens
+        result["metrics"]["perplexity"] = math.exp(min(loss_sum / tokens, 50))
+    predictions = sorted((p for g in gathered for p in g["predictions"]), key=lambda p: p["index"])
+    if predictions:
+        from tuneflow.eval.text_metrics import instruction_metrics
+
+        text_scores = instruction_metrics([p["prediction"] for p in predictions], [p["reference"] for p in predictions])
+        text_scores.pop("n", None)
+        result["metrics"].update(text_scores)
+    if fmt == "promptcblue" and predictions:
+        from tuneflow.eval import promptcblue
+
+        golds = [{**r["meta"], "input": r["messages"][-2]["content"], "target": r["messages"][-1]["content"]}
+                 for r in records]
+        # Predictions in gold order (sample_ids may repeat in real PromptCBLUE-style data).
+        scores = promptcblue.score([p["prediction"] for p in predictions], golds)
+        result["promptcblue"] = scores
+        result["metrics"]["promptcblue_overall"] = scores["overall"]
+    pref = [e for g in gathered for e in g["pref"]]
+    if pref:
+        result["metrics"]["logp_accuracy"] = 100.0 * sum(e["chosen"] > e["rejected"] for e in pref) / len(pref)
+        if "ref_chosen" in pref[0]:
+            beta = settings["beta"]
+            margins = [beta * ((e["chosen"] - e["ref_chosen"]) - (e["rejected"] - e["ref_rejected"])) for e in pref]
+            result["metrics"]["preference_accuracy"] = 100.0 * sum(m > 0 for m in margins) / len(margins)
+            result["metrics"]["reward_margin"] = sum(margins) / len(margins)
+    result["wall_time_s"] = round(time.time() - started, 2)
+    return result, predictions
+
+
+def evaluate(settings: dict, data_dirs: dict, out_dir):
+    """Evaluate one model on every dataset in settings["datasets"]; writes out_dir atomically."""
+    import torch
+
+    from tuneflow import models
+    from tuneflow.io import atomic_dir
+
+    rank, world = _dist()
+    torch.manual_seed(settings["seed"])
+    device = _device()
+    model, model_dir = load_model(settings["model"], device)
+    tokenizer = models.load_tokenizer(model_dir, settings["model"], settings.get("chat_template"))
+    ref_model = load_model(settings["reference"], device)[0] if settings.get("reference") else None
+    results = {}
+    for name, fmt in settings["datasets"].items():
+        res, preds = evaluate_dataset(model, tokenizer, ref_model, settings, name, fmt, data_dirs[name], rank, world, device)
+        if rank == 0:
+            res.update({"model_dir": str(model_dir), "world_size": world})
+            results[name] = (res, preds)
+            print(f"[tuneflow] {name}: {json.dumps(res['metrics'])}", file=sys.stderr, flush=True)
+    if rank == 0:
+        with atomic_dir(out_dir) as tmp:
+            for name, (res, preds) in results.items():
+                with open(tmp / f"{name}.json", "w", encoding="utf-8") as f:
+                    json.dump({**res, "settings": settings}, f, indent=2, ensure_ascii=False)
+                with open(tmp / f"{name}.predictions.jsonl", "w", encoding="utf-8") as f:
+                    for p in preds or []:
+                        f.write(json.dumps({k: v for k, v in p.items() if k != "index"}, ensure_ascii=False) + "\n")
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+    return results

@@ -1,0 +1,161 @@
+"""Finding, checking and loading base models and tokenizers, safely.
+
+- `base_model.path` is a local directory or a hub name; a hub name is only fetched when the hub is
+  reachable (checked with a short connection probe), so an offline machine gets a clear error
+  instead of a hang. Tokens are read from the environment (HF_TOKEN) by huggingface_hub and
+  never written anywhere by us.
+- Weights are safetensors only unless `allow_unsafe_weights` opts in to pickle checkpoints.
+- `trust_remote_code` is off unless the config sets it; a model that needs custom code is named.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+from pathlib import Path
+from urllib.parse import urlparse
+
+from tuneflow.errors import ModelError
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+LOCAL_PREFIXES = ("/", "./", "../", "~", "results/", "resources/")
+PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "tf_model.h5", "flax_model.msgpack")
+SAFE_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors")
+HUB_PROBE_TIMEOUT_S = 5
+
+
+def _offline() -> bool:
+    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
+               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def _hub_reachable() -> tuple[bool, str]:
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    url = urlparse(endpoint)
+    host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((host, port), timeout=HUB_PROBE_TIMEOUT_S).close()
+        return True, ""
+    except OSError as e:
+        return False, f"{host}:{port}: {e.strerror or e}"
+
+
+def resolve_model_path(path: str, revision: str | None = None, key: str = "base_model.path") -> str:
+    """Return a local directory holding the model `path` names, downloading from the hub only when
+    it is a hub name, not already cached, and the hub is reachable."""
+    if os.path.isdir(path):
+        return path
+    if path.startswith(LOCAL_PREFIXES) or not HUB_ID.match(path):
+        raise ModelError(f"config key '{key}': model directory '{path}' does not exist")
+    from huggingface_hub import snapshot_download
+
+    patterns = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.tiktoken", "*.txt", "*.jinja", "*.py"]
+    try:
+        return snapshot_download(path, revision=revision, local_files_only=True, allow_patterns=patterns)
+    except Exception:  # not in the local cache: fall through to the network (or a clear refusal)
+        pass
+    if _offline():
+        raise ModelError(f"config key '{key}': '{path}' is not a local directory and is not in the Hugging Face "
+                         "cache, and the hub is offline (HF_HUB_OFFLINE=1); download it where there is network "
+                         f"access (huggingface-cli download {path}) or point {key} at a local copy")
+    ok, why = _hub_reachable()
+    if not ok:
+        raise ModelError(f"config key '{key}': '{path}' is not a local directory and the Hugging Face Hub cannot be "
+                         f"reached ({why}); download the model where there is network access or point {key} at a "
+                         "local copy")
+    try:
+        return snapshot_download(path, revision=revision, allow_patterns=patterns)
+    except Exception as e:
+        raise ModelError(f"config key '{key}': could not download '{path}' from the hub: {type(e).__name__}: {e}") from None
+
+
+def read_model_config(model_dir) -> dict:
+    cfg = Path(model_dir) / "config.json"
+    if not cfg.is_file():
+        raise ModelError(f"{model_dir} has no config.json: not a transformers model directory")
+    with open(cfg, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def check_model_dir(model_dir, spec: dict, key: str = "base_model", weights_expected=True) -> dict:
+    """Security and sanity checks before anything is loaded; returns the model's config.json."""
+    d = Path(model_dir)
+    cfg = read_model_config(d)
+    if cfg.get("auto_map") and not spec.get("trust_remote_code"):
+        raise ModelError(f"the model at {model_dir} needs its own Python code (auto_map in config.json) and "
+                         f"'{key}.trust_remote_code' is false; set it to true only if you trust that code")
+    if weights_expected:
+        has_safe = any((d / n).exists() for n in SAFE_WEIGHTS) or any(d.glob("*.safetensors"))
+        has_pickle = any((d / n).exists() for n in PICKLE_WEIGHTS) or any(d.glob("*.bin"))
+        if not has_safe:
+            if has_pickle and not spec.get("allow_unsafe_weights"):
+                raise ModelError(f"the model at {model_dir} has only pickle weights (.bin/.pt), which can run "
+                                 f"arbitrary code when loaded; convert them to safetensors or set "
+                                 f"'{key}.allow_unsafe_weights: true'")
+            if not has_pickle:
+                raise ModelError(f"the model at {model_dir} has no weights (*.safetensors)")
+    return cfg
+
+
+def torch_dtype(name: str, model_cfg: dict | None = None):
+    import torch
+
+    if name == "auto":
+        stored = (model_cfg or {}).get("dtype") or (model_cfg or {}).get("torch_dtype") or "float32"
+        name = stored
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(name, torch.float32)
+
+
+def load_tokenizer(model_dir, spec: dict, template: str | None = None, key="chat_template"):
+    from transformers import AutoTokenizer
+
+    from tuneflow.templates import apply_chat_template_setting
+
+    tok = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=bool(spec.get("trust_remote_code")))
+    if tok.pad_token is None:
+        # Padding never reaches the loss (labels are -100 there); eos is the conventional stand-in.
+        tok.pad_token = tok.eos_token
+    if template is not None:
+        apply_chat_template_setting(tok, template, key)
+    return tok
+
+
+def check_tokenizer_fits(tokenizer, model_cfg: dict, model_dir):
+    vocab = model_cfg.get("vocab_size") or (model_cfg.get("text_config") or {}).get("vocab_size")
+    if vocab is not None and len(tokenizer) > vocab:
+        raise ModelError(f"the tokenizer of {model_dir} has {len(tokenizer)} tokens but the model's embeddings hold "
+                         f"only {vocab} (config.json vocab_size); token ids past {vocab - 1} would index out of range")
+
+
+def max_positions(model_cfg: dict) -> int | None:
+    for k in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        if k in model_cfg:
+            return int(model_cfg[k])
+    return None
+
+
+def check_max_length(max_length: int, model_cfg: dict, key: str, rope_scaling=None):
+    limit = max_positions(model_cfg)
+    if limit is None:
+        return
+    if rope_scaling:
+        limit = int(limit * float(rope_scaling.get("factor", 1)))
+    if max_length > limit:
+        raise ModelError(f"config key '{key}': {max_length} is above the model's {limit} positions "
+                         "(max_position_embeddings); lower it or set rope_scaling")
+
+
+def module_names(model_dir) -> set[str]:
+    """Leaf module names (q_proj, ...) from the safetensors headers, without loading weights."""
+    from safetensors import safe_open
+
+    names = set()
+    for f in sorted(Path(model_dir).glob("*.safetensors")):
+        with safe_open(str(f), "pt") as st:
+            for k in st.keys():
+                parts = k.split(".")
+                if len(parts) >= 2 and parts[-1] in ("weight", "bias", "qweight", "scales"):
+                    names.add(parts[-2])
+    return names

@@ -1,0 +1,251 @@
+"""Where every output of every variant lives, and exactly which settings each job depends on.
+
+Pure Python over the resolved config, used by the Snakemake rules (workflow/rules/*.smk):
+- `stage_settings(v, s)` is what the train rule passes as params: the stage's own block plus the
+  seed, base model spec and chat template, and nothing else, so Snakemake's params trigger reruns
+  a stage exactly when something it depends on changed.
+- A variant reuses every upstream output its overrides do not touch: a stage's directory is the
+  default one when the stage's whole lineage (its settings and those of the stages before it)
+  equals the default variant's, and results/variants/<name>/... otherwise.
+- Tokenized data is cached per (dataset, stage kind, tokenizer, template, max length, masking)
+  under results/tokenized/<dataset>/<kind>-<hash>, shared by every stage and variant that agrees.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+
+from tuneflow.config import DEFAULT_VARIANT, STAGES, enabled_stages, stage_datasets
+
+RESULTS = "results"
+TINY_MODEL_DIR = "results/models/tiny"
+MODEL_NAMES = ("base",) + STAGES
+STAGE_KEYS = {
+    "pt": ("finetuning", "lora", "quantization", "deepspeed", "training"),
+    "sft": ("finetuning", "lora", "quantization", "deepspeed", "training", "mask_prompt"),
+    "dpo": ("finetuning", "lora", "quantization", "deepspeed", "training", "beta", "loss_type", "label_smoothing"),
+}
+
+
+def canonical(obj) -> str:
+    return json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+
+def short_hash(obj, n=10) -> str:
+    return hashlib.sha256(canonical(obj).encode()).hexdigest()[:n]
+
+
+class Plan:
+    def __init__(self, cfg: dict):
+        self.cfg = cfg
+        self.variants: dict = cfg["_variants"]
+
+    # -- variants -------------------------------------------------------------------------------
+
+    def variant_names(self):
+        return list(self.variants)
+
+    def vcfg(self, variant):
+        return self.variants[variant]
+
+    @staticmethod
+    def variant_of_prefix(vprefix: str) -> str:
+        return DEFAULT_VARIANT if not vprefix else vprefix.split("/")[1]
+
+    def stages(self, variant=DEFAULT_VARIANT):
+        return enabled_stages(self.vcfg(variant))
+
+    # -- per-stage settings and lineage ---------------------------------------------------------
+
+    def model_spec(self, variant):
+        spec = dict(self.vcfg(variant)["base_model"])
+        return spec
+
+    def previous_stage(self, variant, stage):
+        before = [s for s in self.stages(variant) if STAGES.index(s) < STAGES.index(stage)]
+        return before[-1] if before else None
+
+    def stage_own_settings(self, variant, stage):
+        st = self.vcfg(variant)["stages"][stage]
+        own = {k: copy.deepcopy(st[k]) for k in STAGE_KEYS[stage] if k in st}
+        if own["finetuning"] != "qlora":
+            own.pop("quantization", None)  # not used, so not a reason to rerun
+        if own["finetuning"] == "full":
+            own.pop("lora", None)
+        return own
+
+    def lineage(self, variant, stage) -> dict:
+        """Everything the stage's result depends on, including every stage before it."""
+        v = self.vcfg(variant)
+        prev = self.previous_stage(variant, stage)
+        return {
+            "stage": stage,
+            "own": self.stage_own_settings(variant, stage),
+            "datasets": {d: v["datasets"][d] for d in stage_datasets(v, stage)},
+            "data": v["data"],
+            "seed": v["seed"],
+            "chat_template": v["chat_template"] if stage != "pt" else None,
+            "upstream": self.lineage(variant, prev) if prev else {"base_model": self.model_spec(variant),
+                                                                  "tiny_model": self._tiny_if_used(variant)},
+        }
+
+    def _tiny_if_used(self, variant):
+        v = self.vcfg(variant)
+        return v["tiny_model"] if v["base_model"]["path"] == TINY_MODEL_DIR else None
+
+    def prefix(self, variant, stage) -> str:
+        if variant == DEFAULT_VARIANT:
+            return ""
+        default = self.variants[DEFAULT_VARIANT]
+        if stage in enabled_stages(default) and canonical(self.lineage(variant, stage)) == canonical(self.lineage(DEFAULT_VARIANT, stage)):
+            return ""
+        return f"variants/{variant}/"
+
+    def adapter_dir(self, variant, stage):
+        return f"{RESULTS}/{self.prefix(variant, stage)}adapters/{stage}"
+
+    def merged_dir(self, variant, stage):
+        return f"{RESULTS}/{self.prefix(variant, stage)}merged/{stage}"
+
+    def work_dir(self, variant, stage):
+        return f"{RESULTS}/work/{self.prefix(variant, stage)}{stage}"
+
+    def stage_base_spec(self, variant, stage) -> dict:
+        """The model a stage starts from: the previous enabled stage's merged model, else the base."""
+        spec = self.model_spec(variant)
+        prev = self.previous_stage(variant, stage)
+        if prev:
+            # Our merged checkpoints are safetensors without custom code of their own.
+            spec = {**spec, "path": self.merged_dir(variant, prev), "revision": None, "allow_unsafe_weights": False}
+        return spec
+
+    def stage_settings(self, variant, stage) -> dict:
+        v = self.vcfg(variant)
+        return {
+            "stage": stage,
+            "seed": v["seed"],
+            "base_model": self.stage_base_spec(variant, stage),
+            "chat_template": v["chat_template"],
+            **self.stage_own_settings(variant, stage),
+        }
+
+    def stage_resources(self, variant, stage) -> dict:
+        return self.vcfg(variant)["stages"][stage]["resources"]
+
+    # -- data -----------------------------------------------------------------------------------
+
+    def convert_spec(self, dataset) -> dict:
+        """Datasets cannot be overridden by variants, so the default config defines them."""
+        cfg = self.variants[DEFAULT_VARIANT]
+        ds, data = cfg["datasets"][dataset], cfg["data"]
+        return {
+            "name": dataset, "path": ds["path"], "format": ds["format"], "columns": ds["columns"], "system": ds["system"],
+            "validation_fraction": ds["validation_fraction"] if ds["validation_fraction"] is not None else data["validation_fraction"],
+            "split_seed": data["split_seed"] if data["split_seed"] is not None else cfg["seed"],
+            "on_bad_record": data["on_bad_record"], "max_records": ds["max_records"] or data["max_records"],
+            "max_record_bytes": data["max_record_bytes"],
+        }
+
+    def tokenize_settings(self, variant, stage) -> dict:
+        v = self.vcfg(variant)
+        t = v["stages"][stage]["training"]
+        spec = self.model_spec(variant)
+        s = {"kind": stage, "model": {k: spec[k] for k in ("path", "revision", "trust_remote_code")},
+             "max_length": t["max_length"], "rope_scaling": t["rope_scaling"],
+             "max_length_key": f"stages.{stage}.training.max_length"}
+        if stage != "pt":
+            s["chat_template"] = v["chat_template"]
+        if stage == "sft":
+            s["mask_prompt"] = v["stages"]["sft"]["mask_prompt"]
+        return s
+
+    def tokenize_key(self, variant, stage) -> str:
+        return f"{stage}-{short_hash(self.tokenize_settings(variant, stage))}"
+
+    def tokenized_dirs(self, variant, stage):
+        key = self.tokenize_key(variant, stage)
+        return [f"{RESULTS}/tokenized/{d}/{key}" for d in stage_datasets(self.vcfg(variant), stage)]
+
+    def tokenize_registry(self) -> dict:
+        """key -> tokenize settings, for every key some variant needs."""
+        reg = {}
+        for variant in self.variants:
+            for stage in self.stages(variant):
+                reg[self.tokenize_key(variant, stage)] = self.tokenize_settings(variant, stage)
+        return reg
+
+    # -- evaluation -----------------------------------------------------------------------------
+
+    def eval_models(self, variant):
+        return ["base"] + self.stages(variant)
+
+    def eval_datasets(self, variant):
+        v = self.vcfg(variant)
+        names = v["evaluation"]["datasets"]
+        return list(v["datasets"]) if names is None else list(names)
+
+    def model_dir_spec(self, variant, model) -> dict:
+        if model == "base":
+            return self.model_spec(variant)
+        return {**self.model_spec(variant), "path": self.merged_dir(variant, model), "revision": None,
+                "allow_unsafe_weights": False}
+
+    def eval_reference_spec(self, variant, model):
+        """DPO is scored against the model it started from (its reference); others need none."""
+        return self.stage_base_spec(variant, "dpo") if model == "dpo" else None
+
+    def eval_settings(self, variant, model) -> dict:
+        """What evaluating `model` uses, and nothing else: the evaluated datasets and their formats,
+        generation settings when instruction data is evaluated, and for the DPO model its
+        reference model and beta (implicit rewards)."""
+        v = self.vcfg(variant)
+        e = v["evaluation"]
+        datasets = {d: v["datasets"][d]["format"] for d in self.eval_datasets(variant)}
+        s = {"model": self.model_dir_spec(variant, model), "datasets": datasets, "chat_template": v["chat_template"],
+             "max_samples": e["max_samples"], "batch_size": e["batch_size"], "seed": v["seed"]}
+        if any(f in ("alpaca", "sharegpt", "promptcblue") for f in datasets.values()):
+            s.update({k: e[k] for k in ("max_new_tokens", "do_sample", "temperature")})
+        if model == "dpo" and "preference" in datasets.values():
+            s["reference"] = self.eval_reference_spec(variant, model)
+            s["beta"] = v["stages"]["dpo"]["beta"]
+        return s
+
+    def eval_lineage(self, variant, model):
+        up = self.lineage(variant, model) if model != "base" else {"base_model": self.model_spec(variant),
+                                                                   "tiny_model": self._tiny_if_used(variant)}
+        s = {k: v for k, v in self.eval_settings(variant, model).items() if k not in ("model", "reference")}
+        return {"model": up, "eval": s}
+
+    def eval_prefix(self, variant, model) -> str:
+        d = DEFAULT_VARIANT
+        if variant == d:
+            return ""
+        if model in self.eval_models(d) and self.vcfg(d)["evaluation"]["enabled"] and \
+                canonical(self.eval_lineage(variant, model)) == canonical(self.eval_lineage(d, model)):
+            return ""
+        return f"variants/{variant}/"
+
+    def eval_dir(self, variant, model):
+        """results/<prefix>eval/<model>/ holds <dataset>.json and <dataset>.predictions.jsonl."""
+        return f"{RESULTS}/{self.eval_prefix(variant, model)}eval/{model}"
+
+    def eval_jobs(self):
+        """(variant, model, dataset, scores path) for every number the summary and report show."""
+        jobs = []
+        for variant in self.variants:
+            if not self.vcfg(variant)["evaluation"]["enabled"]:
+                continue
+            for model in self.eval_models(variant):
+                for dataset in self.eval_datasets(variant):
+                    jobs.append((variant, model, dataset, f"{self.eval_dir(variant, model)}/{dataset}.json"))
+        return jobs
+
+    def eval_dirs(self):
+        return sorted({self.eval_dir(v, m) for v in self.variants if self.vcfg(v)["evaluation"]["enabled"]
+                       for m in self.eval_models(v)})
+
+    def trained_stages(self):
+        """(variant, stage, adapter_dir) for the report's loss curves."""
+        return [(v, s, self.adapter_dir(v, s)) for v in self.variants for s in self.stages(v)]

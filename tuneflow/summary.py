@@ -1,0 +1,89 @@
+"""Collect every evaluation into one tidy table (results/eval/summary.tsv) and assemble the
+report bundle (everything results/report/index.html shows, as one JSON document)."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import subprocess
+from pathlib import Path
+
+from tuneflow.io import atomic_file, read_json
+
+COLUMNS = ("model", "stage", "variant", "dataset", "metric", "value")
+LOWER_IS_BETTER = {"eval_loss": "lower", "perplexity": "lower"}
+
+
+def summary_rows(jobs):
+    """jobs: (variant, model, dataset, path) of every evaluation; a variant that reuses the default's
+    evaluation of a model lists it under its own name too, so every variant has complete rows."""
+    rows = []
+    for variant, model, dataset, path in jobs:
+        res = read_json(path)
+        for metric, value in sorted(res["metrics"].items()):
+            rows.append({"model": model, "stage": model, "variant": variant, "dataset": dataset,
+                         "metric": metric, "value": value})
+    return rows
+
+
+def write_summary(jobs, out_path):
+    rows = summary_rows(jobs)
+    with atomic_file(out_path) as f:
+        w = csv.DictWriter(f, fieldnames=COLUMNS, delimiter="\t", lineterminator="\n")
+        w.writeheader()
+        for r in rows:
+            w.writerow({**r, "value": f"{r['value']:.6g}"})
+    return rows
+
+
+def read_summary(path):
+    with open(path, encoding="utf-8") as f:
+        return [{**r, "value": float(r["value"])} for r in csv.DictReader(f, delimiter="\t")]
+
+
+def _git(*args, cwd=None):
+    try:
+        return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def build_bundle(summary_path, eval_jobs, trained, configs, repo_dir, title="tuneflow report") -> dict:
+    """trained: (variant, stage, adapter_dir); configs: variant -> effective config."""
+    from tuneflow.train.common import versions
+
+    training, wall = [], []
+    data_seen = {}
+    hardware = {}
+    for variant, stage, adapter_dir in trained:
+        info = read_json(Path(adapter_dir) / "train_info.json")
+        log = read_json(Path(adapter_dir) / "loss_log.json")
+        training.append({"variant": variant, "stage": stage, "finetuning": info.get("finetuning"), "log": log,
+                         "info": {k: info.get(k) for k in ("wall_time_s", "train_runtime_s", "world_size", "train_tokens",
+                                                           "steps", "resumed_from_step", "deepspeed")}})
+        wall.append({"variant": variant, "stage": stage, "seconds": info.get("wall_time_s")})
+        hardware = info.get("hardware") or hardware
+        for d in info.get("data", []):
+            data_seen[d["dataset"]] = {"dataset": d["dataset"], "files": d["sources"],
+                                       "kept": d["counts"]["kept"], "dropped": d["counts"]["dropped"]}
+    promptcblue = []
+    for variant, model, dataset, path in eval_jobs:
+        res = read_json(path)
+        if "promptcblue" in res:
+            p = res["promptcblue"]
+            promptcblue.append({"variant": variant, "model": model, "dataset": dataset, "overall": p["overall"],
+                                "tasks": {t: {"primary": e["primary"], "score": e["score"]} for t, e in p["tasks"].items()}})
+    commit = _git("rev-parse", "HEAD", cwd=repo_dir)
+    dirty = _git("status", "--porcelain", "--untracked-files=no", cwd=repo_dir)
+    return {
+        "title": title,
+        "generated_at": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "summary": read_summary(summary_path),
+        "metric_direction": LOWER_IS_BETTER,
+        "training": training,
+        "promptcblue": promptcblue,
+        "configs": configs,
+        "provenance": {"git_commit": commit, "git_dirty": bool(dirty) if dirty is not None else None,
+                       "packages": versions(), "hardware": hardware, "data": list(data_seen.values()),
+                       "wall_time": wall},
+    }

@@ -1,0 +1,74 @@
+"""The embedded default model: a small Llama-architecture causal LM with random weights and a
+byte-level BPE tokenizer trained on the spot on the demo corpus (byte-level, so any UTF-8 text,
+Chinese included, tokenizes without unknown tokens). Saved with save_pretrained (safetensors, the
+ChatML chat template in tokenizer_config.json)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+from tuneflow.data.readers import LINE_SPLIT, read_text
+from tuneflow.io import atomic_dir
+from tuneflow.templates import CHATML
+
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>"]
+
+
+def _strings(value):
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _strings(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _strings(v)
+
+
+def corpus_texts(paths):
+    """Every string in the corpus files: lines of text files, string values of JSON records."""
+    for path in paths:
+        text = read_text(Path(path)).lstrip("\ufeff")
+        if text.lstrip()[:1] in "[{":
+            stripped = text.lstrip()
+            records = json.loads(stripped) if stripped[0] == "[" else [json.loads(x) for x in LINE_SPLIT.split(text) if x.strip()]
+            yield from _strings(records)
+        else:
+            yield from (line for line in LINE_SPLIT.split(text) if line.strip())
+
+
+def build_tiny_model(settings: dict, corpus, out_dir, seed: int = 42) -> dict:
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=settings["vocab_size"], special_tokens=SPECIAL_TOKENS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    # Role names appear in every chat prompt: give them their own tokens.
+    roles = (f"<|im_start|>{r}\n" for r in ["system", "user", "assistant"] * 200)
+    bpe.train_from_iterator(itertools.chain(corpus_texts(corpus), roles), trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|pad|>",
+                                        additional_special_tokens=["<|endoftext|>", "<|im_start|>"],
+                                        model_max_length=settings["max_position_embeddings"])
+    tokenizer.chat_template = CHATML
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=settings["hidden_size"],
+        intermediate_size=settings["intermediate_size"], num_hidden_layers=settings["num_layers"],
+        num_attention_heads=settings["num_heads"], num_key_value_heads=settings["num_kv_heads"],
+        max_position_embeddings=settings["max_position_embeddings"], tie_word_embeddings=False,
+        bos_token_id=None, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        initializer_range=0.02, dtype="float32")
+    model = LlamaForCausalLM(config)
+    model.generation_config = GenerationConfig(eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    n_params = sum(p.numel() for p in model.parameters())
+    with atomic_dir(out_dir) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    return {"parameters": n_params, "vocab_size": len(tokenizer)}

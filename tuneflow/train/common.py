@@ -1,0 +1,429 @@
+"""What the PT, SFT and DPO recipes share: arguments, model/adapter setup, checkpoint resume,
+preemption handling and writing the stage's outputs atomically.
+
+Layout of one stage run:
+  results/work/<prefix><stage>/          checkpoints (kept across failed jobs; Snakemake would
+      settings.json                       delete a failed job's declared outputs, so they live
+      checkpoint-N/ (+ .complete marker)  here) -- removed once the outputs are complete
+  results/adapters/<prefix><stage>/      the declared output, renamed into place at the end
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import shutil
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+
+from tuneflow.errors import ConfigError, TuneflowError
+
+COMPLETE_MARKER = ".complete"
+PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM: "stopped by a signal, checkpoint saved; rerun to resume"
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line and process info
+
+
+def parse_args(argv=None, description=""):
+    from tuneflow.cli import json_arg
+
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--settings", required=True, type=json_arg, help="the stage's settings as JSON (from the rule's params)")
+    p.add_argument("--data", required=True, nargs="+", help="tokenized dataset directories")
+    p.add_argument("--output", required=True, help="results/adapters/<stage> (written atomically)")
+    p.add_argument("--work-dir", required=True, help="checkpoints, kept until the output is complete")
+    p.add_argument("--data-manifests", nargs="*", default=[], help="manifest.json of the converted datasets (provenance)")
+    return p.parse_args(argv)
+
+
+def rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def log(msg):
+    if is_main():
+        print(f"[tuneflow] {msg}", file=sys.stderr, flush=True)
+
+
+def barrier():
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+# ----------------------------------------------------------------------------------------------
+# Hardware-dependent choices
+
+
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def precision_flags(precision: str) -> dict:
+    import torch
+
+    if precision == "auto":
+        precision = "bf16" if cuda_available() and torch.cuda.is_bf16_supported() else "fp32"
+    if precision in ("bf16", "fp16") and not cuda_available():
+        # CPU autocast in fp16 is not supported by the Trainer; bf16 on CPU is, but slow.
+        if precision == "fp16":
+            raise ConfigError("training.precision", "fp16 needs a GPU; use bf16 or fp32 on CPU")
+    return {"bf16": precision == "bf16", "fp16": precision == "fp16"}
+
+
+def attn_implementation(choice: str) -> str:
+    if choice != "auto":
+        return choice
+    if cuda_available():
+        try:
+            import flash_attn  # noqa: F401
+
+            return "flash_attention_2"
+        except ImportError:
+            pass
+    return "sdpa"
+
+
+def liger_available() -> bool:
+    try:
+        import liger_kernel  # noqa: F401
+
+        return cuda_available()
+    except ImportError:
+        return False
+
+
+# ----------------------------------------------------------------------------------------------
+# Model, adapter
+
+
+def load_base_model(base_dir, spec: dict, settings: dict, model_cfg: dict):
+    """Load the stage's base model as configured (dtype, attention, RoPE scaling, quantization).
+
+    Call after the TrainingArguments exist: under ZeRO-3 transformers then partitions the weights
+    while loading instead of materialising the whole model on every rank.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from tuneflow.models import torch_dtype
+
+    training = settings["training"]
+    kwargs = {
+        "dtype": torch_dtype(spec.get("torch_dtype", "auto"), model_cfg),
+        "attn_implementation": attn_implementation(training["attn_implementation"]),
+        "trust_remote_code": bool(spec.get("trust_remote_code")),
+        "use_safetensors": not spec.get("allow_unsafe_weights"),
+    }
+    if training.get("rope_scaling"):
+        rs = dict(training["rope_scaling"])
+        kwargs["rope_scaling"] = {"rope_type": rs.pop("type"), **rs}
+    if settings["finetuning"] == "qlora":
+        from transformers import BitsAndBytesConfig
+
+        q = settings["quantization"]
+        dt = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32, "uint8": torch.uint8}
+        if q["bits"] == 4:
+            kwargs["quantization_config"] = BitsAndBytesConfig(
+                load_in_4bit=True, bnb_4bit_quant_type=q["quant_type"], bnb_4bit_use_double_quant=q["double_quant"],
+                bnb_4bit_compute_dtype=dt[q["compute_dtype"]], bnb_4bit_quant_storage=dt[q["storage_dtype"]])
+        else:
+            kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
+        if q["compute_dtype"] != "float32":
+            kwargs["dtype"] = dt[q["compute_dtype"]]
+    model = AutoModelForCausalLM.from_pretrained(base_dir, **kwargs)
+    if settings["finetuning"] == "qlora":
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=training["gradient_checkpointing"])
+    return model
+
+
+def check_settings_against_model(settings: dict, base_dir, model_cfg: dict, stage: str):
+    """Model-dependent config checks, before any weight is loaded."""
+    from tuneflow import models
+
+    key = f"stages.{stage}"
+    if settings.get("deepspeed") in ("zero3", "zero3_offload") and model_cfg.get("quantization_config"):
+        raise ConfigError(f"{key}.deepspeed", f"the base model at {base_dir} is already quantized "
+                          f"({model_cfg['quantization_config'].get('quant_method', '?')}); ZeRO-3 cannot partition "
+                          "quantized checkpoints: use zero2 or an unquantized base with finetuning: qlora")
+    if settings["finetuning"] == "full" and model_cfg.get("quantization_config"):
+        raise ConfigError(f"{key}.finetuning", f"the base model at {base_dir} is quantized; full fine-tuning needs "
+                          "unquantized weights (use lora/qlora)")
+    if settings["finetuning"] != "full":
+        lora = settings["lora"]
+        present = models.module_names(base_dir)
+        targets = [] if lora["target_modules"] == "all-linear" else lora["target_modules"]
+        for i, name in enumerate(targets):
+            if present and name not in present:
+                raise ConfigError(f"{key}.lora.target_modules[{i}]", f"module '{name}' does not exist in {base_dir} "
+                                  f"(its modules: {', '.join(sorted(present))})")
+        for i, name in enumerate(lora["modules_to_save"]):
+            if present and name not in present:
+                raise ConfigError(f"{key}.lora.modules_to_save[{i}]", f"module '{name}' does not exist in {base_dir}")
+    models.check_max_length(settings["training"]["max_length"], model_cfg, f"{key}.training.max_length",
+                            settings["training"].get("rope_scaling"))
+
+
+def lora_config(settings: dict):
+    if settings["finetuning"] == "full":
+        return None
+    from peft import LoraConfig
+
+    lora = settings["lora"]
+    return LoraConfig(
+        r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"], target_modules=lora["target_modules"],
+        modules_to_save=lora["modules_to_save"] or None, use_rslora=lora["use_rslora"], use_dora=lora["use_dora"],
+        task_type="CAUSAL_LM", bias="none")
+
+
+# ----------------------------------------------------------------------------------------------
+# Trainer arguments shared by every stage
+
+
+def trainer_kwargs(settings: dict, work_dir, has_eval: bool) -> dict:
+    from tuneflow.config import deepspeed_config_path
+
+    t = settings["training"]
+    eval_steps = t.get("eval_steps")
+    kw = dict(
+        output_dir=str(work_dir),
+        seed=settings["seed"],
+        data_seed=settings["seed"],
+        learning_rate=t["learning_rate"],
+        lr_scheduler_type=t["lr_scheduler"],
+        warmup_steps=t["warmup_ratio"],  # a float in [0, 1) is a ratio of the total steps
+        weight_decay=t["weight_decay"],
+        max_grad_norm=t["max_grad_norm"],
+        optim=t["optim"],
+        num_train_epochs=t["num_epochs"],
+        max_steps=t["max_steps"],
+        per_device_train_batch_size=t["per_device_batch_size"],
+        per_device_eval_batch_size=t["per_device_batch_size"],
+        gradient_accumulation_steps=t["gradient_accumulation_steps"],
+        gradient_checkpointing=t["gradient_checkpointing"],
+        logging_steps=t["logging_steps"],
+        logging_first_step=True,
+        save_strategy="steps",
+        save_steps=t["save_steps"],
+        save_total_limit=t["save_total_limit"],
+        eval_strategy="steps" if (eval_steps and has_eval) else "no",
+        eval_steps=eval_steps if has_eval else None,
+        report_to=["tensorboard"],
+        ddp_timeout=t["ddp_timeout"],
+        deepspeed=deepspeed_config_path(settings.get("deepspeed")),
+        use_cpu=not cuda_available(),
+        dataloader_num_workers=t["dataloader_num_workers"],
+        torch_compile=t["torch_compile"],
+        neftune_noise_alpha=t.get("neftune_alpha"),
+        disable_tqdm=True,
+        **precision_flags(t["precision"]),
+    )
+    if t.get("use_liger_kernel") is True or (t.get("use_liger_kernel") == "auto" and liger_available()):
+        # TRL computes the loss with its own fused LM head; liger contributes the layer kernels.
+        kw["use_liger_kernel"] = True
+        kw["liger_kernel_config"] = {"fused_linear_cross_entropy": False, "cross_entropy": False}
+    return kw
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoints: find, validate, resume
+
+
+def prepare_work_dir(work_dir, settings: dict) -> str | None:
+    """Return the checkpoint to resume from, or None. Checkpoints of other settings are discarded."""
+    work = Path(work_dir)
+    fingerprint = json.dumps(settings, sort_keys=True)
+    stamp = work / "settings.json"
+    if is_main():
+        if stamp.exists() and stamp.read_text() != fingerprint:
+            log(f"settings changed since the checkpoints in {work} were written: starting over")
+            shutil.rmtree(work)
+        work.mkdir(parents=True, exist_ok=True)
+        stamp.write_text(fingerprint)
+        for ckpt in work.glob("checkpoint-*"):
+            if not (ckpt / COMPLETE_MARKER).exists():
+                log(f"removing incomplete checkpoint {ckpt} (the job stopped while saving it)")
+                shutil.rmtree(ckpt, ignore_errors=True)
+    barrier()
+    done = [c for c in work.glob("checkpoint-*") if (c / COMPLETE_MARKER).exists()]
+    if not done:
+        return None
+    return str(max(done, key=lambda c: int(c.name.split("-")[-1])))
+
+
+def make_callbacks(settings):
+    from transformers import TrainerCallback
+
+    class CheckpointCompleteCallback(TrainerCallback):
+        """Marks a checkpoint complete once every rank has written its part."""
+
+        def on_save(self, args, state, control, **kwargs):
+            barrier()
+            ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if is_main() and ckpt.is_dir():
+                (ckpt / COMPLETE_MARKER).write_text(str(time.time()))
+            barrier()
+
+    class PreemptionCallback(TrainerCallback):
+        """SIGTERM / SIGUSR1 (Slurm preemption or time limit): save a checkpoint at the end of the
+        current step on every rank, stop, and exit non-zero so the job is retried and resumes."""
+
+        def __init__(self):
+            self.requested = False
+            self.stopped = False
+            for sig in (signal.SIGTERM, signal.SIGUSR1):
+                signal.signal(sig, self._handler)
+
+        def _handler(self, signum, frame):
+            self.requested = True
+
+        def on_step_end(self, args, state, control, **kwargs):
+            import torch
+            import torch.distributed as dist
+
+            flag = self.requested
+            if dist.is_available() and dist.is_initialized():
+                t = torch.tensor([1.0 if flag else 0.0], device=args.device)
+                dist.all_reduce(t, op=dist.ReduceOp.MAX)  # every rank stops at the same step
+                flag = bool(t.item())
+            if flag:
+                log(f"stop signal received: saving a checkpoint at step {state.global_step} and exiting")
+                self.stopped = True
+                control.should_save = True
+                control.should_training_stop = True
+            return control
+
+    return CheckpointCompleteCallback(), PreemptionCallback()
+
+
+def train(trainer, resume_from, work_dir, preemption):
+    """Run trainer.train(), turning storage failures into a clear error; exit 143 when preempted."""
+    if resume_from:
+        log(f"resuming from {resume_from}")
+    try:
+        result = trainer.train(resume_from_checkpoint=resume_from)
+    except OSError as e:
+        done = sorted((c for c in Path(work_dir).glob("checkpoint-*") if (c / COMPLETE_MARKER).exists()),
+                      key=lambda c: int(c.name.split("-")[-1]))
+        keep = f"the last complete checkpoint {done[-1]} is intact and a rerun resumes from it" if done else \
+            "no complete checkpoint exists yet"
+        raise TuneflowError(f"writing to {e.filename or work_dir} failed: {e.strerror or e} (errno {e.errno}); {keep}") from None
+    if preemption.stopped:
+        log("checkpoint saved after a stop signal; exiting so the job can be retried")
+        sys.exit(PREEMPTED_EXIT_CODE)
+    return result
+
+
+# ----------------------------------------------------------------------------------------------
+# Outputs
+
+
+def write_loss_log(log_history, out_dir):
+    rows = []
+    for entry in log_history:
+        if "step" not in entry:
+            continue
+        if not any(k in entry for k in ("loss", "eval_loss")):
+            continue
+        rows.append({"step": entry.get("step"), "epoch": entry.get("epoch"), "loss": entry.get("loss"),
+                     "learning_rate": entry.get("learning_rate"), "grad_norm": entry.get("grad_norm"),
+                     "eval_loss": entry.get("eval_loss"),
+                     **{k: v for k, v in entry.items() if k.startswith("rewards/") or k == "eval_rewards/accuracies"}})
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    with open(Path(out_dir) / "loss_log.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(rows)
+    with open(Path(out_dir) / "loss_log.json", "w", encoding="utf-8") as f:
+        json.dump(rows, f, indent=1)
+
+
+def versions() -> dict:
+    import importlib.metadata as md
+
+    out = {"python": sys.version.split()[0]}
+    for pkg in ("tuneflow", "torch", "transformers", "peft", "trl", "accelerate", "datasets", "deepspeed",
+                "tokenizers", "safetensors", "bitsandbytes", "flash-attn", "liger-kernel"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def hardware() -> dict:
+    import torch
+
+    info = {"hostname": socket.gethostname(), "cpu_count": os.cpu_count(), "world_size": world_size(),
+            "cuda": torch.version.cuda, "gpus": []}
+    if torch.cuda.is_available():
+        info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return info
+
+
+def finalize(trainer, tokenizer, settings, args, started, resumed_from, extra_info=None):
+    """Save the adapter (or full weights) + tokenizer + logs into a temporary directory and rename it
+    to the declared output; then remove the checkpoints. Every rank must call this (ZeRO-3 gathers)."""
+    out = Path(args.output)
+    staging = out.parent / f".{out.name}.tmp-staging"
+    if is_main():
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+    barrier()
+    trainer.save_model(str(staging))
+    barrier()
+    if is_main():
+        tokenizer.save_pretrained(str(staging))
+        trainer.state.save_to_json(str(staging / "trainer_state.json"))
+        write_loss_log(trainer.state.log_history, staging)
+        runs = Path(args.work_dir) / "runs"
+        if runs.is_dir():
+            shutil.copytree(runs, staging / "runs")
+        manifests = []
+        for m in args.data_manifests:
+            with open(m, encoding="utf-8") as f:
+                man = json.load(f)
+            manifests.append({"dataset": man["dataset"], "sources": [{k: s[k] for k in ("path", "sha256")} for s in man["sources"]],
+                              "counts": man["counts"]})
+        info = {
+            "stage": settings["stage"], "variant": settings.get("variant"), "finetuning": settings["finetuning"],
+            "deepspeed": settings.get("deepspeed"), "world_size": world_size(),
+            "wall_time_s": round(time.time() - started, 2),
+            "train_runtime_s": trainer.state.log_history[-1].get("train_runtime") if trainer.state.log_history else None,
+            "steps": trainer.state.global_step, "resumed_from_step": resumed_from,
+            "train_tokens": getattr(trainer.state, "num_input_tokens_seen", None) or None,
+            "settings": settings, "data": manifests, "versions": versions(), "hardware": hardware(),
+            **(extra_info or {}),
+        }
+        with open(staging / "train_info.json", "w", encoding="utf-8") as f:
+            json.dump(info, f, indent=2, default=str)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(staging, out)
+        shutil.rmtree(args.work_dir, ignore_errors=True)
+        log(f"wrote {out}")
+    barrier()
+
+
+def resumed_step(resume_from) -> int | None:
+    return int(Path(resume_from).name.split("-")[-1]) if resume_from else None

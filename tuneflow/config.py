@@ -50,6 +50,14 @@ def _join(path, key):
     return f"{path}.{key}" if path else str(key)
 
 
+def _suggest(key, valid, path):
+    key = str(key)
+    close = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.5)
+    if not close:  # "rank" for "r", "lr" for "learning_rate": a prefix is a good guess too
+        close = [v for v in valid if key.startswith(v) or v.startswith(key)][:1]
+    return f"; did you mean '{_join(path, close[0])}'?" if close else f"; valid keys here: {', '.join(sorted(valid))}"
+
+
 def check_unknown_keys(instance, node=None, path=""):
     """Refuse keys the schema does not define, suggesting the closest valid one."""
     node = _deref(schema() if node is None else node)
@@ -63,9 +71,7 @@ def check_unknown_keys(instance, node=None, path=""):
         elif isinstance(extra, dict):
             check_unknown_keys(value, extra, _join(path, key))
         elif extra is False:
-            close = difflib.get_close_matches(str(key), list(props), n=1, cutoff=0.5)
-            hint = f"; did you mean '{_join(path, close[0])}'?" if close else f"; valid keys here: {', '.join(sorted(props))}"
-            raise ConfigError(_join(path, key), f"unknown key{hint}")
+            raise ConfigError(_join(path, key), f"unknown key{_suggest(key, props, path)}")
 
 
 def fill_defaults(instance, node=None):
@@ -148,9 +154,7 @@ def _check_variant_override(name, override, node=None, path=None):
         elif isinstance(extra, dict):
             _check_variant_override(name, value, extra, _join(path, key))
         else:
-            close = difflib.get_close_matches(str(key), list(props), n=1, cutoff=0.5)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
-            raise ConfigError(_join(path, key), f"variant overrides a key that does not exist{hint}")
+            raise ConfigError(_join(path, key), f"variant overrides a key that does not exist{_suggest(key, props, path)}")
 
 
 def _semantic_checks(cfg, where=""):
@@ -206,6 +210,13 @@ def resolve(raw: dict) -> dict:
     effective config (the default one under "default").
     """
     raw = copy.deepcopy(raw)
+    variant_keys = _deref(schema()["properties"]["variants"]["additionalProperties"])["properties"]
+    for name, override in (raw.get("variants") or {}).items():
+        for key in override or {}:
+            if key not in variant_keys:
+                raise ConfigError(f"variants.{name}.{key}", f"variant overrides a key that does not exist or cannot "
+                                  f"vary between variants{_suggest(key, variant_keys, f'variants.{name}')} (variants "
+                                  f"may override {', '.join(variant_keys)}; datasets are shared by all variants)")
     check_unknown_keys(raw)
     for section in ("datasets", "variants"):
         for name in raw.get(section) or {}:

@@ -12,7 +12,7 @@ SLURM_JOB_NODELIST / SLURM_CPUS_PER_TASK in a batch script).
 
 Why a step of its own, and why this shape (all checked on real Slurm 22.05 with
 snakemake-executor-plugin-slurm 2.8, see tests/test_slurm_cluster.py):
-  * Slurm's `--signal=TERM@300` (profiles/slurm) reaches every process of every job STEP, not the
+  * Slurm's `--signal=TERM@360` (profiles/slurm) reaches every process of every job STEP, not the
     batch script. The rule's own Snakemake and this launcher must not be in a signalled step when
     N > 1: srun turns a SIGTERM it receives into SIGKILL for its tasks ("forcing job
     termination"), so the ranks would die before checkpointing. tuneflow.cluster.rule_resources
@@ -104,8 +104,11 @@ def build_command(script, script_args, nproc_per_node=1, nnodes=1, port=29500, s
                 f"--signals-to-handle={FORWARDED_SIGNALS}", f"--shutdown-timeout={shutdown_timeout}"]
     in_slurm = "SLURM_JOB_ID" in env
     in_step = "SLURM_STEP_ID" in env
-    if in_slurm:
-        nnodes = slurm_job_num_nodes(env)
+    if in_slurm:  # the allocation decides; an explicit --nnodes N > 1 must agree with it
+        requested, nnodes = nnodes, slurm_job_num_nodes(env)
+        if requested > 1 and requested != nnodes:
+            raise SystemExit(f"launch: --nnodes {requested} but Slurm job {env['SLURM_JOB_ID']} has {nnodes} "
+                             "node(s); is the rule's `nodes` resource the stage's resources.nodes?")
     if nnodes > 1 and not in_slurm:
         raise SystemExit(f"launch: {nnodes} nodes requested but this is not a Slurm allocation; "
                          "run through the slurm profile, or set resources.nodes: 1")

@@ -144,7 +144,7 @@ class Plan:
             "name": dataset, "path": ds["path"], "format": ds["format"], "columns": ds["columns"], "system": ds["system"],
             "validation_fraction": ds["validation_fraction"] if ds["validation_fraction"] is not None else data["validation_fraction"],
             "split_seed": data["split_seed"] if data["split_seed"] is not None else cfg["seed"],
-            "on_bad_record": data["on_bad_record"], "max_records": ds["max_records"] or data["max_records"],
+            "on_bad_record": data["on_bad_record"], "duplicate_ids": ds["duplicate_ids"], "max_records": ds["max_records"] or data["max_records"],
             "max_record_bytes": data["max_record_bytes"],
         }
 

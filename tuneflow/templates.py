@@ -17,18 +17,22 @@ CHATML = (
 )
 
 LLAMA2 = (
+    "{% set bos = bos_token if bos_token is defined and bos_token else '' %}"
+    "{% set eos = eos_token if eos_token is defined and eos_token else '' %}"
     "{% if messages[0]['role'] == 'system' %}{% set system = messages[0]['content'] %}{% set loop_messages = messages[1:] %}"
     "{% else %}{% set system = '' %}{% set loop_messages = messages %}{% endif %}"
     "{% for message in loop_messages %}"
     "{% if message['role'] == 'user' %}"
-    "{% if loop.index0 == 0 and system %}{{ bos_token + '[INST] <<SYS>>\n' + system + '\n<</SYS>>\n\n' + message['content'] + ' [/INST]' }}"
-    "{% else %}{{ bos_token + '[INST] ' + message['content'] + ' [/INST]' }}{% endif %}"
-    "{% else %}{{ ' ' + message['content'] + ' ' + eos_token }}{% endif %}"
+    "{% if loop.index0 == 0 and system %}{{ bos + '[INST] <<SYS>>\n' + system + '\n<</SYS>>\n\n' + message['content'] + ' [/INST]' }}"
+    "{% else %}{{ bos + '[INST] ' + message['content'] + ' [/INST]' }}{% endif %}"
+    "{% else %}{{ ' ' + message['content'] + ' ' + eos }}{% endif %}"
     "{% endfor %}"
 )
 
 LLAMA3 = (
-    "{{ bos_token }}"
+    "{% set bos = bos_token if bos_token is defined and bos_token else '' %}"
+    "{% set eos = eos_token if eos_token is defined and eos_token else '' %}"
+    "{{ bos }}"
     "{% for message in messages %}"
     "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + message['content'] + '<|eot_id|>' }}"
     "{% endfor %}"
@@ -37,18 +41,22 @@ LLAMA3 = (
 
 # Stanford Alpaca / Chinese-LLaMA-Alpaca prompt format.
 ALPACA = (
+    "{% set bos = bos_token if bos_token is defined and bos_token else '' %}"
+    "{% set eos = eos_token if eos_token is defined and eos_token else '' %}"
     "{% if messages[0]['role'] == 'system' %}{{ messages[0]['content'] + '\n\n' }}{% set loop_messages = messages[1:] %}"
     "{% else %}{{ 'Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n' }}"
     "{% set loop_messages = messages %}{% endif %}"
     "{% for message in loop_messages %}"
     "{% if message['role'] == 'user' %}{{ '### Instruction:\n' + message['content'] + '\n\n### Response:\n' }}"
-    "{% else %}{{ message['content'] + eos_token + '\n\n' }}{% endif %}"
+    "{% else %}{{ message['content'] + eos + '\n\n' }}{% endif %}"
     "{% endfor %}"
 )
 
 ZEPHYR = (
+    "{% set bos = bos_token if bos_token is defined and bos_token else '' %}"
+    "{% set eos = eos_token if eos_token is defined and eos_token else '' %}"
     "{% for message in messages %}"
-    "{{ '<|' + message['role'] + '|>\n' + message['content'] + eos_token + '\n' }}"
+    "{{ '<|' + message['role'] + '|>\n' + message['content'] + eos + '\n' }}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
 )

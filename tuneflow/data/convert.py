@@ -42,12 +42,13 @@ def convert_dataset(spec: dict, out_dir) -> dict:
     """Convert per `spec` (a dataset entry of the config plus data settings); returns the manifest.
 
     spec keys: name, path, format, columns, system, validation_fraction, split_seed,
-    on_bad_record ("error" | "skip"), max_records, max_record_bytes.
+    on_bad_record ("error" | "skip"), duplicate_ids ("error" | "rename"), max_records, max_record_bytes.
     """
     name, fmt = spec["name"], spec["format"]
     convert = CONVERTERS[fmt]
     columns = spec.get("columns") or {}
     skip_bad = spec.get("on_bad_record", "error") == "skip"
+    rename_ids = spec.get("duplicate_ids", "error") == "rename"
     fraction, seed = float(spec["validation_fraction"]), int(spec["split_seed"])
     files = resolve_paths(spec["path"], key=f"datasets.{name}.path")
 
@@ -59,13 +60,13 @@ def convert_dataset(spec: dict, out_dir) -> dict:
     train, validation = [], []
     max_records = spec.get("max_records")
 
-    def drop(raw, problem):
+    def drop(raw, problem, category=None, hint="set data.on_bad_record: skip to drop such records and count them in the manifest"):
         where = {"file": raw.path, "line": raw.line} if raw.line is not None else {"file": raw.path, "index": raw.index}
         if not skip_bad:
-            raise DataError(raw.path, f"{problem} (set data.on_bad_record: skip to drop such records and count "
-                                      "them in the manifest)", line=raw.line, index=raw.index if raw.line is None else None)
+            raise DataError(raw.path, f"{problem} ({hint})", line=raw.line, index=raw.index if raw.line is None else None)
         counts["dropped"] += 1
-        reasons[problem if len(reasons) < 50 else "other"] += 1
+        category = category or problem
+        reasons[category if len(reasons) < 50 or category in reasons else "other"] += 1
         if len(drop_examples) < MAX_DROP_EXAMPLES:
             drop_examples.append({**where, "reason": problem})
 
@@ -85,9 +86,20 @@ def convert_dataset(spec: dict, out_dir) -> dict:
             if sample_id is not None:
                 here = f"{Path(raw.path).name} " + (f"line {raw.line}" if raw.line is not None else f"record {raw.index}")
                 if sample_id in seen_ids:
-                    drop(raw, f"duplicate sample_id '{sample_id}' (first seen at {seen_ids[sample_id]}); "
-                              "predictions are matched to gold records by sample_id")
-                    continue
+                    if rename_ids:
+                        # Published PromptCBLUE-style files reuse ids for unrelated records: keep them all.
+                        n = 2
+                        while f"{sample_id}#{n}" in seen_ids:
+                            n += 1
+                        counts["renamed_ids"] += 1
+                        sample_id = rec["meta"]["sample_id"] = f"{sample_id}#{n}"
+                        key = record_key(rec)
+                    else:
+                        drop(raw, f"duplicate sample_id '{sample_id}' (first seen at {seen_ids[sample_id]})",
+                             category="duplicate sample_id",
+                             hint=f"ids must be unique: evaluation matches predictions to gold records by id; set "
+                                  f"datasets.{name}.duplicate_ids: rename to keep such records as '<id>#2', ...")
+                        continue
                 seen_ids[sample_id] = here
             if max_records and counts["kept"] >= max_records:
                 counts["over_max_records"] += 1
@@ -113,7 +125,7 @@ def convert_dataset(spec: dict, out_dir) -> dict:
         "columns": columns,
         "sources": sources,
         "counts": {"read": counts["read"], "kept": counts["kept"], "dropped": counts["dropped"],
-                   "over_max_records": counts["over_max_records"], "train": len(train), "validation": len(validation)},
+                   "over_max_records": counts["over_max_records"], "renamed_ids": counts["renamed_ids"], "train": len(train), "validation": len(validation)},
         "dropped_reasons": dict(reasons.most_common()),
         "drop_examples": drop_examples,
         "split": {"seed": seed, "validation_fraction": fraction,

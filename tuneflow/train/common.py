@@ -158,30 +158,10 @@ def load_base_model(base_dir, spec: dict, settings: dict, model_cfg: dict):
 
 
 def check_settings_against_model(settings: dict, base_dir, model_cfg: dict, stage: str):
-    """Model-dependent config checks, before any weight is loaded."""
-    from tuneflow import models
+    """Model-dependent config checks, before any weight is loaded (the same as at planning time)."""
+    from tuneflow.checks import check_stage_against_model
 
-    key = f"stages.{stage}"
-    if settings.get("deepspeed") in ("zero3", "zero3_offload") and model_cfg.get("quantization_config"):
-        raise ConfigError(f"{key}.deepspeed", f"the base model at {base_dir} is already quantized "
-                          f"({model_cfg['quantization_config'].get('quant_method', '?')}); ZeRO-3 cannot partition "
-                          "quantized checkpoints: use zero2 or an unquantized base with finetuning: qlora")
-    if settings["finetuning"] == "full" and model_cfg.get("quantization_config"):
-        raise ConfigError(f"{key}.finetuning", f"the base model at {base_dir} is quantized; full fine-tuning needs "
-                          "unquantized weights (use lora/qlora)")
-    if settings["finetuning"] != "full":
-        lora = settings["lora"]
-        present = models.module_names(base_dir)
-        targets = [] if lora["target_modules"] == "all-linear" else lora["target_modules"]
-        for i, name in enumerate(targets):
-            if present and name not in present:
-                raise ConfigError(f"{key}.lora.target_modules[{i}]", f"module '{name}' does not exist in {base_dir} "
-                                  f"(its modules: {', '.join(sorted(present))})")
-        for i, name in enumerate(lora["modules_to_save"]):
-            if present and name not in present:
-                raise ConfigError(f"{key}.lora.modules_to_save[{i}]", f"module '{name}' does not exist in {base_dir}")
-    models.check_max_length(settings["training"]["max_length"], model_cfg, f"{key}.training.max_length",
-                            settings["training"].get("rope_scaling"))
+    check_stage_against_model(settings, stage, base_dir, model_cfg, f"stages.{stage}")
 
 
 def lora_config(settings: dict):

@@ -1,6 +1,6 @@
-# Config validation and the plan of every output (tuneflow.plan), shared by all rules.
+# Config validation, the plan of every output (tuneflow.plan), and the input / params / resources
+# functions the rules use. Rules themselves live in the other .smk files.
 
-import json
 import os
 import sys
 
@@ -9,22 +9,22 @@ from snakemake.utils import validate
 
 sys.path.insert(0, workflow.basedir)
 from tuneflow import config as tuneflow_config  # noqa: E402
+from tuneflow.checks import preflight  # noqa: E402
 from tuneflow.cluster import processes_per_node, rule_resources  # noqa: E402
 from tuneflow.data.readers import resolve_paths  # noqa: E402
 from tuneflow.errors import TuneflowError  # noqa: E402
-from tuneflow.plan import TINY_MODEL_DIR, Plan, canonical  # noqa: E402
+from tuneflow.plan import Plan, canonical  # noqa: E402
 
 # Friendly errors first (unknown keys with suggestions, dotted key names), then Snakemake's own
 # validation against the same schema.
 try:
     RESOLVED = tuneflow_config.resolve(config)
+    preflight(RESOLVED)  # the config against a base model on local disk, before any job runs
 except TuneflowError as e:
     raise WorkflowError(f"invalid configuration: {e}") from None
 validate(config, os.path.join(workflow.basedir, "workflow/schemas/config.schema.yaml"))
 PLAN = Plan(RESOLVED)
 TOKENIZE = PLAN.tokenize_registry()
-SCRIPTS = os.path.join(workflow.basedir, "scripts")
-SRC = workflow.basedir
 
 
 wildcard_constraints:
@@ -35,9 +35,18 @@ wildcard_constraints:
     key=r"(pt|sft|dpo)-[0-9a-f]{10}",
 
 
+def src(path):
+    """A file of this repository (scripts and the tuneflow modules a rule runs)."""
+    return os.path.join(workflow.basedir, path)
+
+
 def code(*paths):
-    """Source files a rule's results depend on: editing one reruns that rule (mtime trigger)."""
-    return [os.path.join(SRC, p) for p in paths]
+    """Modules a rule's results depend on: editing one reruns that rule (mtime trigger)."""
+    return [src(p) for p in paths]
+
+
+def jsonarg(obj):
+    return canonical(obj)
 
 
 def variant(wildcards):
@@ -45,11 +54,9 @@ def variant(wildcards):
 
 
 def model_inputs(spec):
-    """A local base model is an input (built by a rule or on disk); a hub name is not."""
+    """A model built by the workflow or on local disk is an input; a hub name is not."""
     path = spec["path"]
-    if path.startswith("results/") or os.path.isdir(path):
-        return [path]
-    return []
+    return [path] if path.startswith("results/") or os.path.isdir(path) else []
 
 
 def tokenizer_inputs(spec):
@@ -57,7 +64,7 @@ def tokenizer_inputs(spec):
     if path.startswith("results/"):
         return [path]
     if os.path.isdir(path):
-        return [os.path.join(path, f) for f in os.listdir(path) if f.startswith("tokenizer") or f == "chat_template.jinja"]
+        return [os.path.join(path, f) for f in sorted(os.listdir(path)) if f.startswith("tokenizer") or f == "chat_template.jinja"]
     return []
 
 
@@ -69,12 +76,97 @@ def raw_files(dataset):
         raise WorkflowError(str(e)) from None
 
 
-def jsonarg(obj):
-    return canonical(obj)
+# -- training -------------------------------------------------------------------------------------
 
 
-def stage_rule_resources(stage):
-    """Snakemake resources of a training / merge rule, from stages.<stage>.resources."""
-    def get(key, default=None):
-        return lambda w: rule_resources(PLAN.stage_resources(variant(w), stage), gpu_rule=True).get(key, default)
-    return get
+def train_inputs(stage):
+    def inputs(w):
+        v = variant(w)
+        data = PLAN.tokenized_dirs(v, stage)
+        return {
+            "launcher": src("scripts/launch.py"),
+            "script": src("scripts/train.py"),
+            "data": data,
+            "converted": [f"results/data/{d.split('/')[2]}" for d in data],
+            "base": model_inputs(PLAN.stage_base_spec(v, stage)),
+            "code": code("tuneflow/launch.py", "tuneflow/train/common.py", f"tuneflow/train/{stage}.py", "tuneflow/models.py"),
+        }
+
+    return inputs
+
+
+def train_params(stage):
+    return {
+        "stage": stage,
+        "settings": lambda w: jsonarg(PLAN.stage_settings(variant(w), stage)),
+        "work": lambda w: PLAN.work_dir(variant(w), stage),
+        "nproc": lambda w: processes_per_node(PLAN.stage_resources(variant(w), stage)),
+        "manifests": lambda w, input: [f"{d}/manifest.json" for d in input.converted],
+    }
+
+
+def train_threads(stage):
+    return lambda w: processes_per_node(PLAN.stage_resources(variant(w), stage))
+
+
+# Every key tuneflow.cluster.rule_resources may return, with the value meaning "not set".
+RESOURCE_KEYS = {"nodes": 1, "tasks": 1, "cpus_per_task": 1, "mem_mb": 1000, "runtime": 60, "gres": "",
+                 "tasks_per_gpu": 0, "local_gpus": 0, "mpi": 0}
+
+
+def resources_from(block_of):
+    """Snakemake `resources:` (one function per key) from `block_of(wildcards)`, a config resources block."""
+    def get(key, default):
+        return lambda w: rule_resources(block_of(w), gpu_rule=True).get(key, default)
+
+    return {k: get(k, d) for k, d in RESOURCE_KEYS.items()}
+
+
+def train_resources(stage):
+    return resources_from(lambda w: PLAN.stage_resources(variant(w), stage))
+
+
+def merge_resources():
+    """Merging needs one device at most: one GPU when the stage trains on GPUs, else the CPU."""
+    def block(w):
+        r = PLAN.stage_resources(variant(w), w.stage)
+        return {**r, "nodes": 1, "gpus_per_node": min(1, r["gpus_per_node"]), "processes_per_node": 1}
+
+    return resources_from(block)
+
+
+# -- evaluation -----------------------------------------------------------------------------------
+
+
+def eval_inputs(w):
+    s = PLAN.eval_settings(variant(w), w.model)
+    inputs = {
+        "launcher": src("scripts/launch.py"),
+        "script": src("scripts/evaluate.py"),
+        "data": [f"results/data/{d}" for d in s["datasets"]],
+        "model": model_inputs(s["model"]),
+        "code": code("tuneflow/eval/evaluate.py", "tuneflow/eval/text_metrics.py", "tuneflow/eval/promptcblue.py",
+                     "tuneflow/templates.py"),
+    }
+    if s.get("reference"):
+        inputs["reference"] = model_inputs(s["reference"])
+    return inputs
+
+
+def eval_resources():
+    return resources_from(lambda w: PLAN.vcfg(variant(w))["evaluation"]["resources"])
+
+
+def eval_nproc(w):
+    return processes_per_node(PLAN.vcfg(variant(w))["evaluation"]["resources"])
+
+
+# -- report ---------------------------------------------------------------------------------------
+
+
+def report_plan():
+    return {
+        "eval_jobs": [list(j) for j in PLAN.eval_jobs()],
+        "trained": [list(t) for t in PLAN.trained_stages()],
+        "configs": PLAN.variants,
+    }

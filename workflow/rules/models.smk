@@ -5,13 +5,16 @@ rule tiny_model:
     output:
         directory("results/models/tiny"),
     input:
+        script=src("scripts/make_tiny_model.py"),
         corpus=RESOLVED["tiny_model"]["corpus"],
-        code=code("scripts/make_tiny_model.py", "tuneflow/tiny_model.py"),
+        code=code("tuneflow/tiny_model.py"),
     params:
         settings=jsonarg(RESOLVED["tiny_model"]),
         seed=RESOLVED["seed"],
     log:
         "logs/tiny_model.log",
+    conda:
+        "../../envs/train.yaml"
     shell:
-        "python {SCRIPTS}/make_tiny_model.py --settings {params.settings:q} --seed {params.seed}"
+        "python {input.script} --settings {params.settings:q} --seed {params.seed}"
         " --out {output} {input.corpus} > {log} 2>&1"

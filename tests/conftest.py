@@ -1,0 +1,77 @@
+"""Shared fixtures: the repository, the shared public data, isolated copies of the workflow."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data"
+BIN = Path(sys.executable).parent
+# What a copy of the workflow needs (results/, logs/ and .snakemake/ are never copied).
+WORKFLOW_FILES = ("Snakefile", "workflow", "config", "scripts", "tuneflow", "resources", "profiles", "envs", "tests")
+
+
+def shared_path(*parts) -> Path:
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"shared public data not found at {path} (expected ../shared/data beside the repository)")
+    return path
+
+
+def env_with_venv(extra=None) -> dict:
+    """Environment for subprocesses: this interpreter's bin first on PATH (rules call `python`)."""
+    env = dict(os.environ)
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    env.pop("WORLD_SIZE", None)
+    env.pop("RANK", None)
+    env.update(extra or {})
+    return env
+
+
+def make_workdir(dest: Path) -> Path:
+    """Copy the workflow into `dest` (a fresh project directory with no results)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in WORKFLOW_FILES:
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"), symlinks=True)
+        else:
+            shutil.copy2(src, dest / name)
+    for link in ("slurm", "local"):
+        if (REPO / link).is_symlink():
+            os.symlink(os.readlink(REPO / link), dest / link)
+    return dest
+
+
+def snakemake(workdir, *args, check=True, timeout=3600, env=None):
+    cmd = [str(BIN / "snakemake"), *map(str, args)]
+    proc = subprocess.run(cmd, cwd=workdir, env=env_with_venv(env), capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        logs = ""
+        for log in sorted(Path(workdir, "logs").rglob("*.log")) if Path(workdir, "logs").exists() else []:
+            logs += f"\n--- {log}\n" + log.read_text(errors="replace")[-3000:]
+        raise AssertionError(f"snakemake {' '.join(map(str, args))} failed ({proc.returncode}):\n"
+                             f"{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}{logs}")
+    return proc
+
+
+def files_under(path) -> list[str]:
+    path = Path(path)
+    return sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.is_file()) if path.exists() else []
+
+
+@pytest.fixture
+def workdir(tmp_path):
+    return make_workdir(tmp_path / "project")
+
+
+@pytest.fixture(scope="session")
+def repo():
+    return REPO

@@ -1,0 +1,279 @@
+"""Bad input gets a specific, clear error that names the file, line or config key, exits non-zero,
+and leaves nothing under results/. Data cases go through the convert CLI; config and model cases
+through a real `snakemake` run of a cheap target in a copy of the workflow."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO, env_with_venv, files_under, make_workdir, snakemake
+
+pytestmark = pytest.mark.badinput
+
+
+def run_convert(tmp_path, path, fmt="alpaca", **spec):
+    out = tmp_path / "results" / "data" / "ds"
+    spec = {"name": "ds", "path": str(path), "format": fmt, "validation_fraction": 0.0, "split_seed": 1,
+            "on_bad_record": "error", "max_record_bytes": 4_000_000, **spec}
+    return subprocess.run([sys.executable, str(REPO / "scripts" / "convert.py"), "--spec", json.dumps(spec), "--out", str(out)],
+                          capture_output=True, text=True, env=env_with_venv())
+
+
+def assert_refused(proc, tmp_path, *fragments):
+    assert proc.returncode != 0, proc.stdout + proc.stderr
+    for frag in fragments:
+        assert frag in proc.stderr, f"expected {frag!r} in:\n{proc.stderr[-3000:]}"
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert files_under(tmp_path / "results") == []
+
+
+def jsonl(*records):
+    return "\n".join(r if isinstance(r, str) else json.dumps(r, ensure_ascii=False) for r in records) + "\n"
+
+
+OK = {"instruction": "i", "output": "o"}
+
+# (id, file name, content (str or bytes), format, extra spec, expected fragments)
+DATA_CASES = [
+    ("invalid-json-array", "a.json", '[{"instruction": "a", "output": "b",}]', "alpaca", {},
+     ["a.json, line 1: invalid JSON: Expecting property name enclosed in double quotes"]),
+    ("broken-jsonl-line", "a.jsonl", jsonl(OK, OK, '{"instruction": "x", "output": ', OK), "alpaca", {},
+     ["a.jsonl, line 3: invalid JSON"]),
+    ("missing-field", "a.jsonl", jsonl(OK, {"instruction": "no answer"}), "alpaca", {},
+     ["a.jsonl, line 2: missing field 'output'"]),
+    ("wrong-type", "a.jsonl", jsonl({"instruction": 5, "output": "o"}), "alpaca", {},
+     ["a.jsonl, line 1: field 'instruction' must be str, got int"]),
+    ("empty-output", "a.json", json.dumps([OK, {"instruction": "i", "output": "  "}]), "alpaca", {},
+     ["a.json, record 1: field 'output' is empty", "data.on_bad_record: skip"]),
+    ("non-utf8", "a.jsonl", jsonl(OK).encode() + b'{"instruction": "caf\xe9", "output": "o"}\n', "alpaca", {},
+     ["a.jsonl, line 2: not valid UTF-8: byte 0xe9 at offset"]),
+    ("10mb-record", "a.jsonl", jsonl(OK, {"instruction": "x" * 10_000_000, "output": "o"}), "alpaca", {},
+     ["a.jsonl, line 2: record is 10.0 MB, above the limit of 4.0 MB (data.max_record_bytes)"]),
+    ("duplicate-sample-id", "p.jsonl", jsonl({"input": "q1", "target": "a", "sample_id": "s1"},
+                                             {"input": "q2", "target": "b", "sample_id": "s1"}), "promptcblue", {},
+     ["p.jsonl, line 2: duplicate sample_id 's1' (first seen at p.jsonl line 1)", "duplicate_ids: rename"]),
+    ("chosen-equals-rejected", "d.jsonl", jsonl({"question": "q", "response_chosen": "same", "response_rejected": "same"}),
+     "preference", {}, ["d.jsonl, line 1: chosen and rejected responses are identical"]),
+    ("not-a-preference-pair", "d.jsonl", jsonl({"instruction": "q", "output": "a"}), "preference", {},
+     ["d.jsonl, line 1: not a preference pair"]),
+    ("empty-file", "a.json", "", "alpaca", {}, ["a.json: file is empty"]),
+    ("whitespace-only-file", "a.jsonl", "\n \r\n", "alpaca", {}, ["a.jsonl: file is empty"]),
+    ("sharegpt-not-alternating", "s.jsonl", jsonl({"conversations": [{"from": "human", "value": "a"}, {"from": "human", "value": "b"},
+                                                                     {"from": "gpt", "value": "c"}]}), "sharegpt", {},
+     ["s.jsonl, line 1: field 'conversations' must alternate human/gpt turns"]),
+    ("sharegpt-unknown-role", "s.jsonl", jsonl({"conversations": [{"from": "robot", "value": "a"}]}), "sharegpt", {},
+     ["s.jsonl, line 1: conversations[0] has unsupported role 'robot'"]),
+    ("record-not-object", "a.json", json.dumps([OK, ["a", "b"]]), "alpaca", {},
+     ["a.json, record 1: expected a JSON object, got list"]),
+    ("all-records-dropped", "a.jsonl", jsonl({"instruction": "i", "output": ""}, {"instruction": "j", "output": ""}), "alpaca",
+     {"on_bad_record": "skip"}, ["no records left after conversion (read 2, dropped: 2 x field 'output' is empty)"]),
+]
+
+
+@pytest.mark.parametrize("case", DATA_CASES, ids=[c[0] for c in DATA_CASES])
+def test_bad_data_is_refused(tmp_path, case):
+    _, name, content, fmt, extra, fragments = case
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    f = raw / name
+    f.write_bytes(content if isinstance(content, bytes) else content.encode("utf-8"))
+    assert_refused(run_convert(tmp_path, f, fmt, **extra), tmp_path, *fragments)
+
+
+def test_missing_file_is_refused(tmp_path):
+    assert_refused(run_convert(tmp_path, tmp_path / "nope.json"), tmp_path, "nope.json: file does not exist (config key datasets.ds.path)")
+
+
+def test_utf8_bom_is_accepted_and_noted(tmp_path):
+    f = tmp_path / "bom.jsonl"
+    f.write_bytes(b"\xef\xbb\xbf" + jsonl(OK).encode())
+    proc = run_convert(tmp_path, f)
+    assert proc.returncode == 0, proc.stderr
+    manifest = json.loads((tmp_path / "results" / "data" / "ds" / "manifest.json").read_text())
+    assert manifest["sources"][0]["notes"] == ["UTF-8 byte-order mark stripped"]
+
+
+# -- config and model: through Snakemake --------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory):
+    """A small model on local disk (outside results/) for the model-dependent config checks."""
+    out = tmp_path_factory.mktemp("models") / "tiny"
+    settings = {"vocab_size": 400, "hidden_size": 32, "intermediate_size": 64, "num_layers": 1, "num_heads": 2,
+                "num_kv_heads": 2, "max_position_embeddings": 128}
+    subprocess.run([sys.executable, str(REPO / "scripts" / "make_tiny_model.py"), "--settings", json.dumps(settings),
+                    "--out", str(out), str(REPO / "resources" / "demo" / "pt_text.txt")],
+                   check=True, capture_output=True, env=env_with_venv())
+    return out
+
+
+def model_variant(src: Path, dest: Path, config_edit=None, remove=(), tokenizer_edit=None) -> Path:
+    shutil.copytree(src, dest)
+    if config_edit:
+        cfg = json.loads((dest / "config.json").read_text())
+        config_edit(cfg)
+        (dest / "config.json").write_text(json.dumps(cfg))
+    if tokenizer_edit:
+        tc = json.loads((dest / "tokenizer_config.json").read_text())
+        tokenizer_edit(tc)
+        (dest / "tokenizer_config.json").write_text(json.dumps(tc))
+    for name in remove:
+        (dest / name).unlink()
+    return dest
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    return make_workdir(tmp_path_factory.mktemp("badinput") / "project")
+
+
+DEFAULT_CONFIG = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+
+
+def with_config(project: Path, edit) -> None:
+    cfg = copy.deepcopy(DEFAULT_CONFIG)
+    edit(cfg)
+    (project / "config" / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True))
+
+
+def assert_snakemake_refuses(project, *fragments, target="results/data/demo_text"):
+    shutil.rmtree(project / "results", ignore_errors=True)
+    proc = snakemake(project, "-c1", target, check=False, timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out[-3000:]
+    for frag in fragments:
+        assert frag in out, f"expected {frag!r} in:\n{out[-4000:]}"
+    assert files_under(project / "results") == []
+
+
+def set_key(path, value):
+    def edit(cfg):
+        node = cfg
+        keys = path.split(".")
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+        node[keys[-1]] = value
+    return edit
+
+
+CONFIG_CASES = [
+    ("unknown-key", set_key("stages.sft.training.learnig_rate", 0.1),
+     ["config key 'stages.sft.training.learnig_rate': unknown key; did you mean 'stages.sft.training.learning_rate'?"]),
+    ("wrong-type", set_key("stages.sft.lora.r", "sixteen"), ["config key 'stages.sft.lora.r': 'sixteen' is not of type 'integer'"]),
+    ("negative-lr", set_key("stages.pt.training.learning_rate", -0.01),
+     ["config key 'stages.pt.training.learning_rate': -0.01 is less than or equal to the minimum of 0"]),
+    ("qlora-with-full", lambda c: c["stages"]["sft"].update(finetuning="full", quantization={"bits": 4}),
+     ["config key 'stages.sft.quantization': quantization is only used with finetuning 'qlora', not 'full'"]),
+    ("stage-without-dataset", lambda c: c["datasets"].pop("demo_pairs"),
+     ["config key 'stages.dpo.enabled': stage 'dpo' is enabled but no dataset lists 'dpo'"]),
+    ("variant-nonexistent-key", set_key("variants", {"r8": {"stages": {"sft": {"lora": {"rank": 8}}}}}),
+     ["config key 'variants.r8.stages.sft.lora.rank': variant overrides a key that does not exist"]),
+    ("unknown-format", set_key("datasets.demo_text.format", "jsonl"), ["config key 'datasets.demo_text.format': 'jsonl' is not one of"]),
+    ("dataset-name-traversal", lambda c: c["datasets"].update({"../escape": c["datasets"]["demo_text"]}),
+     ["config key 'datasets.../escape': name '../escape' cannot be used in result paths"]),
+    ("glob-matches-nothing", set_key("datasets.demo_text.path", "resources/nothing/*.txt"),
+     ["resources/nothing/*.txt: glob matches no files (config key datasets.demo_text.path)"]),
+    ("unknown-deepspeed", set_key("stages.sft.deepspeed", "zero9"), ["config key 'stages.sft.deepspeed': 'zero9' is neither a preset"]),
+]
+
+
+@pytest.mark.parametrize("case", CONFIG_CASES, ids=[c[0] for c in CONFIG_CASES])
+def test_bad_config_is_refused(project, case):
+    _, edit, fragments = case
+    with_config(project, edit)
+    assert_snakemake_refuses(project, *fragments)
+
+
+def test_config_cases_have_a_good_control(project):
+    """The same project with the unmodified config does write results (so the refusals above are real)."""
+    with_config(project, lambda c: None)
+    shutil.rmtree(project / "results", ignore_errors=True)
+    snakemake(project, "-c1", "results/data/demo_text")
+    assert "demo_text/manifest.json" in " ".join(files_under(project / "results"))
+
+
+def model_case(project, tiny_model_dir, tmp_path, name, model_edit=None, cfg_edit=None, **kw):
+    model = model_variant(tiny_model_dir, tmp_path / name, **kw) if (model_edit or kw) else tiny_model_dir
+    if model_edit:
+        model_edit(model)
+
+    def edit(cfg):
+        cfg["base_model"]["path"] = str(model)
+        if cfg_edit:
+            cfg_edit(cfg)
+    with_config(project, edit)
+    return model
+
+
+def test_lora_target_module_that_does_not_exist(project, tiny_model_dir, tmp_path):
+    model_case(project, tiny_model_dir, tmp_path, "m", cfg_edit=set_key("stages.sft.lora.target_modules", ["q_proj", "query_key_value"]))
+    assert_snakemake_refuses(project, "config key 'stages.sft.lora.target_modules[1]': module 'query_key_value' does not exist in")
+
+
+def test_max_length_above_model_positions(project, tiny_model_dir, tmp_path):
+    model_case(project, tiny_model_dir, tmp_path, "m", cfg_edit=set_key("stages.sft.training.max_length", 4096))
+    assert_snakemake_refuses(project, "config key 'stages.sft.training.max_length': 4096 is above the model's 128 positions")
+
+
+def test_zero3_with_quantized_checkpoint(project, tiny_model_dir, tmp_path):
+    model_case(project, tiny_model_dir, tmp_path, "quantized",
+               config_edit=lambda c: c.update(quantization_config={"quant_method": "bitsandbytes", "load_in_4bit": True}),
+               cfg_edit=lambda c: c["stages"]["pt"].update(finetuning="lora", deepspeed="zero3"))
+    assert_snakemake_refuses(project, "config key 'stages.pt.deepspeed': the base model at", "is already quantized; ZeRO-3 cannot")
+
+
+def test_model_path_that_does_not_exist(project):
+    with_config(project, set_key("base_model.path", "/models/does-not-exist"))
+    assert_snakemake_refuses(project, "config key 'base_model.path': model directory '/models/does-not-exist' does not exist")
+
+
+def test_tokenizer_without_chat_template(project, tiny_model_dir, tmp_path):
+    model_case(project, tiny_model_dir, tmp_path, "notemplate", remove=("chat_template.jinja",),
+               tokenizer_edit=lambda t: t.pop("chat_template", None))
+    assert_snakemake_refuses(project, "has no chat template, but config key 'chat_template' is 'tokenizer'")
+
+
+def test_vocab_larger_than_embeddings(project, tiny_model_dir, tmp_path):
+    model_case(project, tiny_model_dir, tmp_path, "smallvocab", config_edit=lambda c: c.update(vocab_size=100))
+    assert_snakemake_refuses(project, "tokens but the model's embeddings hold only 100 (config.json vocab_size)")
+
+
+def test_model_needing_remote_code_is_not_run(project, tiny_model_dir, tmp_path):
+    model_case(project, tiny_model_dir, tmp_path, "remote",
+               config_edit=lambda c: c.update(auto_map={"AutoModelForCausalLM": "modeling_evil.EvilModel"}))
+    assert_snakemake_refuses(project, "needs its own Python code (auto_map in config.json)", "'base_model.trust_remote_code' is false")
+
+
+def test_pickle_weights_are_refused(project, tiny_model_dir, tmp_path):
+    def to_pickle(model: Path):
+        (model / "model.safetensors").rename(model / "pytorch_model.bin")
+    model_case(project, tiny_model_dir, tmp_path, "pickle", model_edit=to_pickle)
+    assert_snakemake_refuses(project, "has only pickle weights (.bin/.pt)", "base_model.allow_unsafe_weights: true")
+
+
+@pytest.mark.parametrize("offline_env", [{"HF_HUB_OFFLINE": "1"}, {"HF_ENDPOINT": "https://127.0.0.1:9"}],
+                         ids=["HF_HUB_OFFLINE", "hub-unreachable"])
+def test_hub_name_while_offline_fails_fast(tmp_path, offline_env):
+    data = tmp_path / "results" / "data" / "ds"
+    settings = {"model": {"path": "some-org/some-model", "revision": None}, "max_length": 64}
+    started = time.time()
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "tokenize_data.py"), "--kind", "pt", "--data", str(data),
+                           "--settings", json.dumps(settings), "--out", str(tmp_path / "results" / "tokenized" / "x")],
+                          capture_output=True, text=True, timeout=120,
+                          env=env_with_venv({**offline_env, "HF_HOME": str(tmp_path / "hf")}))
+    assert time.time() - started < 60
+    expected = "the hub is offline (HF_HUB_OFFLINE=1)" if "HF_HUB_OFFLINE" in offline_env else "the Hugging Face Hub cannot be reached"
+    assert proc.returncode == 2 and "'some-org/some-model' is not a local directory" in proc.stderr and expected in proc.stderr, proc.stderr
+    assert files_under(tmp_path / "results") == []
+    assert not os.environ.get("HF_TOKEN") or os.environ["HF_TOKEN"] not in proc.stderr

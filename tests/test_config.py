@@ -1,0 +1,172 @@
+"""Config schema, defaults, friendly errors, variants, and the plan of outputs."""
+
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tuneflow import config
+from tuneflow.errors import ConfigError
+from tuneflow.plan import Plan
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def raw_default():
+    return config.load_yaml(REPO / "config" / "config.yaml")
+
+
+def resolve_with(**overrides):
+    return config.resolve(config.deep_merge(raw_default(), overrides))
+
+
+def test_default_config_resolves_with_defaults_filled():
+    cfg = config.load()
+    sft = cfg["stages"]["sft"]
+    assert sft["training"]["gradient_accumulation_steps"] == 1  # schema default
+    assert sft["lora"]["r"] == 16  # from config.yaml
+    assert cfg["_variants"]["default"]["stages"]["dpo"]["beta"] == 0.1
+    assert config.enabled_stages(cfg) == ["pt", "sft", "dpo"]
+
+
+def test_unknown_key_suggests_closest():
+    with pytest.raises(ConfigError, match=r"'stages\.sft\.training\.learnig_rate': unknown key; did you mean 'stages\.sft\.training\.learning_rate'\?"):
+        resolve_with(stages={"sft": {"training": {"learnig_rate": 1e-4}}})
+
+
+def test_wrong_type_names_key():
+    with pytest.raises(ConfigError, match=r"'stages\.sft\.lora\.r': 'eight' is not of type 'integer'"):
+        resolve_with(stages={"sft": {"lora": {"r": "eight"}}})
+
+
+def test_negative_learning_rate():
+    with pytest.raises(ConfigError, match=r"'stages\.pt\.training\.learning_rate': -0\.001 is less than or equal to the minimum of 0"):
+        resolve_with(stages={"pt": {"training": {"learning_rate": -0.001}}})
+
+
+def test_quantization_with_full_finetuning():
+    with pytest.raises(ConfigError, match=r"'stages\.sft\.quantization': quantization is only used with finetuning 'qlora', not 'full'"):
+        resolve_with(stages={"sft": {"finetuning": "full", "quantization": {"bits": 4}}})
+
+
+def test_stage_enabled_without_dataset():
+    raw = raw_default()
+    raw["datasets"].pop("demo_pairs")
+    with pytest.raises(ConfigError, match=r"'stages\.dpo\.enabled': stage 'dpo' is enabled but no dataset lists 'dpo'"):
+        config.resolve(raw)
+
+
+def test_dataset_format_must_fit_stage():
+    with pytest.raises(ConfigError, match=r"'datasets\.demo_text\.stages': format 'text' cannot feed stage 'sft'"):
+        resolve_with(datasets={"demo_text": {"stages": ["pt", "sft"]}})
+
+
+def test_variant_overriding_nonexistent_key():
+    with pytest.raises(ConfigError, match=r"'variants\.r8\.stages\.sft\.lora\.rank': variant overrides a key that does not exist; did you mean 'variants\.r8\.stages\.sft\.lora\.r'\?"):
+        resolve_with(variants={"r8": {"stages": {"sft": {"lora": {"rank": 8}}}}})
+
+
+def test_variant_cannot_override_datasets():
+    with pytest.raises(ConfigError, match=r"'variants\.more\.datasets': variant overrides a key that does not exist"):
+        resolve_with(variants={"more": {"datasets": {}}})
+
+
+def test_variant_values_are_validated():
+    with pytest.raises(ConfigError, match=r"'variants\.bad\.stages\.dpo\.beta': 0 is less than or equal to the minimum of 0"):
+        resolve_with(variants={"bad": {"stages": {"dpo": {"beta": 0}}}})
+
+
+@pytest.mark.parametrize("name", ["../evil", "a/b", "a\\b", "x..y", ".hidden"])
+def test_names_used_in_paths_are_refused(name):
+    with pytest.raises(ConfigError, match=re.escape(f"name {name!r} cannot be used in result paths")):
+        resolve_with(variants={name: {}})
+    raw = raw_default()
+    raw["datasets"][name] = copy.deepcopy(raw["datasets"]["demo_text"])
+    with pytest.raises(ConfigError, match="cannot be used in result paths"):
+        config.resolve(raw)
+
+
+def test_unknown_deepspeed_preset():
+    with pytest.raises(ConfigError, match=r"'stages\.sft\.deepspeed': 'zero4' is neither a preset"):
+        resolve_with(stages={"sft": {"deepspeed": "zero4"}})
+
+
+def test_evaluation_dataset_must_exist():
+    with pytest.raises(ConfigError, match=r"evaluation\.datasets\[0\]': unknown dataset 'demo_alpca'; did you mean 'demo_alpaca'"):
+        resolve_with(evaluation={"datasets": ["demo_alpca"]})
+
+
+# -- plan: which outputs a variant reuses --------------------------------------------------------
+
+
+def plan_with(variants):
+    return Plan(resolve_with(variants=variants))
+
+
+def test_variant_changing_only_dpo_beta_reuses_pt_and_sft():
+    plan = plan_with({"beta05": {"stages": {"dpo": {"beta": 0.5}}}})
+    assert plan.adapter_dir("beta05", "pt") == "results/adapters/pt"
+    assert plan.adapter_dir("beta05", "sft") == "results/adapters/sft"
+    assert plan.adapter_dir("beta05", "dpo") == "results/variants/beta05/adapters/dpo"
+    # DPO of the variant starts from (and is scored against) the default merged SFT model.
+    assert plan.stage_base_spec("beta05", "dpo")["path"] == "results/merged/sft"
+    assert plan.eval_dir("beta05", "sft") == "results/eval/sft"
+    assert plan.eval_dir("beta05", "dpo") == "results/variants/beta05/eval/dpo"
+
+
+def test_variant_changing_sft_reruns_sft_and_dpo_but_not_pt():
+    plan = plan_with({"r8": {"stages": {"sft": {"lora": {"r": 8}}}}})
+    assert plan.adapter_dir("r8", "pt") == "results/adapters/pt"
+    assert plan.adapter_dir("r8", "sft") == "results/variants/r8/adapters/sft"
+    assert plan.adapter_dir("r8", "dpo") == "results/variants/r8/adapters/dpo"
+    assert plan.stage_base_spec("r8", "dpo")["path"] == "results/variants/r8/merged/sft"
+    assert plan.eval_dir("r8", "base") == "results/eval/base"
+    assert plan.eval_dir("r8", "pt") == "results/eval/pt"
+
+
+def test_variant_with_another_base_model_reuses_nothing():
+    plan = plan_with({"other": {"base_model": {"path": "/models/other"}}})
+    for stage in ("pt", "sft", "dpo"):
+        assert plan.adapter_dir("other", stage).startswith("results/variants/other/")
+    assert plan.eval_dir("other", "base") == "results/variants/other/eval/base"
+    keys = {plan.tokenize_key("default", s) for s in ("pt", "sft", "dpo")}
+    assert not keys & {plan.tokenize_key("other", s) for s in ("pt", "sft", "dpo")}
+
+
+def test_tokenization_key_ignores_learning_rate_but_not_max_length():
+    base = Plan(resolve_with())
+    lr = Plan(resolve_with(stages={"sft": {"training": {"learning_rate": 0.1}}}))
+    length = Plan(resolve_with(stages={"sft": {"training": {"max_length": 128}}}))
+    assert base.tokenize_key("default", "sft") == lr.tokenize_key("default", "sft")
+    assert base.tokenize_key("default", "sft") != length.tokenize_key("default", "sft")
+
+
+def test_stage_settings_hold_only_what_the_stage_uses():
+    plan = Plan(resolve_with())
+    sft = plan.stage_settings("default", "sft")
+    assert "quantization" not in sft  # lora: unused quantization settings must not trigger reruns
+    assert "resources" not in sft and "enabled" not in sft
+    assert sft["base_model"]["path"] == "results/merged/pt"
+    pt = plan.stage_settings("default", "pt")
+    assert "lora" not in pt  # full fine-tuning
+    assert pt["base_model"]["path"] == "results/models/tiny"
+
+
+def test_eval_settings_isolate_generation_and_dpo_only_keys():
+    plan = Plan(resolve_with())
+    assert "beta" not in plan.eval_settings("default", "sft")
+    assert plan.eval_settings("default", "dpo")["reference"]["path"] == "results/merged/sft"
+    changed = Plan(resolve_with(stages={"dpo": {"beta": 0.3}}))
+    assert changed.eval_settings("default", "sft") == plan.eval_settings("default", "sft")
+
+
+def test_schema_file_is_valid_yaml_and_snakemake_compatible():
+    import jsonschema
+
+    with open(REPO / "workflow" / "schemas" / "config.schema.yaml") as f:
+        schema = yaml.safe_load(f)
+    jsonschema.Draft202012Validator.check_schema(schema)

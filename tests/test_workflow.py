@@ -1,0 +1,54 @@
+"""The workflow itself: the default DAG resolves, lint is clean, conda envs match the pins, the
+config presets validate and dry-run."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO, snakemake
+
+
+def test_default_target_dry_run_resolves(workdir):
+    proc = snakemake(workdir, "-n", "--quiet", "rules")
+    out = proc.stdout + proc.stderr
+    for rule in ("tiny_model", "convert", "tokenize", "train_pt", "train_sft", "train_dpo", "merge", "evaluate",
+                 "summarize", "report"):
+        assert re.search(rf"^{rule}\s+\d+", out, re.M), out
+
+
+def test_merged_sft_target_needs_no_dpo(workdir):
+    out = snakemake(workdir, "-n", "--quiet", "rules", "results/merged/sft").stdout
+    assert "train_sft" in out and "train_dpo" not in out and "evaluate" not in out
+
+
+def test_lint_has_no_warnings():
+    proc = snakemake(REPO, "--lint", check=False)
+    out = proc.stdout + proc.stderr
+    assert "Lints for" not in out, out[-5000:]
+    assert proc.returncode == 0, out[-3000:]
+
+
+def _pins(requirements):
+    return dict(re.match(r"^([A-Za-z0-9_.-]+)==(\S+)$", r).groups() for r in requirements if "==" in r)
+
+
+def test_conda_envs_match_pyproject_pins():
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    pins = {k.lower(): v for k, v in _pins(project["dependencies"]).items()}
+    for env_file in sorted((REPO / "envs").glob("*.yaml")):
+        env = yaml.safe_load(env_file.read_text())
+        pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+        for name, version in _pins(pip).items():
+            assert pins.get(name.lower()) == version, f"{env_file.name}: {name}=={version} but pyproject pins {pins.get(name.lower())}"
+
+
+def test_every_rule_names_a_conda_env():
+    rules = "".join(p.read_text() for p in (REPO / "workflow" / "rules").glob("*.smk"))
+    assert rules.count("\nrule ") == rules.count("    conda:")
+    for env in re.findall(r'conda:\n\s+"\.\./\.\./(envs/\w+\.yaml)"', rules):
+        assert (REPO / env).is_file()

@@ -1,0 +1,85 @@
+"""Checks of the config against the base model, run when Snakemake plans the workflow, so that a
+model-dependent mistake stops the run before any job writes anything.
+
+Only a base model on local disk can be checked this early (reading config.json, the tokenizer
+files and the safetensors headers; no weights are loaded). A hub name is checked by the first
+job that needs it (tokenize / train), which fails fast when the hub cannot be reached.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+from tuneflow import models
+from tuneflow.config import STAGES, enabled_stages
+from tuneflow.errors import ConfigError, ModelError
+from tuneflow.plan import RESULTS
+
+
+@functools.lru_cache(maxsize=64)
+def _tokenizer(path, trust_remote_code):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+
+
+@functools.lru_cache(maxsize=64)
+def _modules(path):
+    return frozenset(models.module_names(path))
+
+
+def check_base_model(cfg: dict, variant: str = "default"):
+    prefix = "" if variant == "default" else f"variants.{variant}."
+    spec = cfg["base_model"]
+    path = spec["path"]
+    if path.startswith(f"{RESULTS}/"):
+        return  # built by the workflow (the tiny model): checked by the jobs that use it
+    if not os.path.isdir(path):
+        if path.startswith(models.LOCAL_PREFIXES) or not models.HUB_ID.match(path):
+            raise ModelError(f"config key '{prefix}base_model.path': model directory '{path}' does not exist")
+        return  # a hub name
+    model_cfg = models.check_model_dir(path, spec, key=f"{prefix}base_model")
+    stages = enabled_stages(cfg)
+    needs_template = any(s in stages for s in ("sft", "dpo")) or any(
+        d["format"] != "text" for d in cfg["datasets"].values())
+    tok = _tokenizer(path, bool(spec.get("trust_remote_code")))
+    if needs_template and cfg["chat_template"] == "tokenizer" and not getattr(tok, "chat_template", None):
+        raise ModelError(f"the tokenizer at {path} has no chat template, but config key '{prefix}chat_template' is "
+                         "'tokenizer'; set it to a built-in template (chatml, llama2, llama3, alpaca, zephyr)")
+    models.check_tokenizer_fits(tok, model_cfg, path)
+    for stage in STAGES:
+        if stage in stages:
+            check_stage_against_model(cfg["stages"][stage], stage, path, model_cfg, f"{prefix}stages.{stage}")
+
+
+def check_stage_against_model(st: dict, stage: str, path, model_cfg: dict, key: str):
+    """A stage's settings against its base model (shared by planning and the training job)."""
+    if st.get("deepspeed") in ("zero3", "zero3_offload") and model_cfg.get("quantization_config"):
+        raise ConfigError(f"{key}.deepspeed", f"the base model at {path} is already quantized; ZeRO-3 cannot "
+                          "partition quantized checkpoints: use zero2, or an unquantized base with finetuning: qlora")
+    if st["finetuning"] == "full" and model_cfg.get("quantization_config"):
+        raise ConfigError(f"{key}.finetuning", f"the base model at {path} is quantized; full fine-tuning needs unquantized weights")
+    if st["finetuning"] != "full":
+        present = _modules(str(path))
+        targets = st["lora"]["target_modules"]
+        for i, name in enumerate([] if targets == "all-linear" else targets):
+            if present and name not in present:
+                raise ConfigError(f"{key}.lora.target_modules[{i}]", f"module '{name}' does not exist in {path} "
+                                  f"(its modules: {', '.join(sorted(present))})")
+        for i, name in enumerate(st["lora"]["modules_to_save"]):
+            if present and name not in present:
+                raise ConfigError(f"{key}.lora.modules_to_save[{i}]", f"module '{name}' does not exist in {path}")
+    models.check_max_length(st["training"]["max_length"], model_cfg, f"{key}.training.max_length",
+                            st["training"].get("rope_scaling"))
+
+
+def preflight(resolved: dict):
+    """Check every variant's base model; raises TuneflowError naming the config key."""
+    seen = set()
+    for variant, cfg in resolved["_variants"].items():
+        marker = repr((cfg["base_model"], cfg["chat_template"], cfg["stages"], sorted(cfg["datasets"])))
+        if marker in seen:
+            continue
+        seen.add(marker)
+        check_base_model(cfg, variant)

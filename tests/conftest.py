@@ -75,3 +75,12 @@ def workdir(tmp_path):
 @pytest.fixture(scope="session")
 def repo():
     return REPO
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory):
+    """The demo pipeline (tests/config/ci.yaml: 2 ranks, ZeRO-2) run once to the report; tests that
+    change anything work on a copy (tests/pipeline.py: copy_project)."""
+    workdir = make_workdir(tmp_path_factory.mktemp("demo") / "project")
+    snakemake(workdir, "--profile", "local", "--configfile", "tests/config/ci.yaml")
+    return workdir

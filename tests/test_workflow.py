@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import re
 import tomllib
-from pathlib import Path
 
-import pytest
 import yaml
 
 from conftest import REPO, snakemake

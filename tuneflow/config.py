@@ -230,7 +230,8 @@ def resolve(raw: dict) -> dict:
     _validate_schema(cfg)
     cfg["_explicit"] = _explicit_quantization(raw)
     _semantic_checks(cfg)
-    resolved = {DEFAULT_VARIANT: _strip_private(cfg)}
+    # Each variant's effective config, without the variants table itself.
+    resolved = {DEFAULT_VARIANT: _strip_private(cfg, drop=("variants",))}
     base_raw = {k: v for k, v in raw.items() if k != "variants"}
     for name, override in variants_raw.items():
         vraw = deep_merge(base_raw, override)
@@ -241,14 +242,14 @@ def resolve(raw: dict) -> dict:
             raise ConfigError(f"variants.{name}.{e.key}" if e.key else f"variants.{name}", e.problem) from None
         vcfg["_explicit"] = _explicit_quantization(vraw)
         _semantic_checks(vcfg, where=f"variants.{name}")
-        resolved[name] = _strip_private(vcfg)
+        resolved[name] = _strip_private(vcfg, drop=("variants",))
     out = _strip_private(cfg)
     out["_variants"] = resolved
     return out
 
 
-def _strip_private(cfg):
-    return {k: v for k, v in cfg.items() if not k.startswith("_")}
+def _strip_private(cfg, drop=()):
+    return {k: v for k, v in cfg.items() if not k.startswith("_") and k not in drop}
 
 
 def load(path=DEFAULT_CONFIG, overrides: dict | None = None) -> dict:

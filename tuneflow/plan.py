@@ -247,5 +247,7 @@ class Plan:
                        for m in self.eval_models(v)})
 
     def trained_stages(self):
-        """(variant, stage, adapter_dir) for the report's loss curves."""
-        return [(v, s, self.adapter_dir(v, s)) for v in self.variants for s in self.stages(v)]
+        """(variant, stage, adapter_dir) of every stage trained, for the report's loss curves; a
+        stage a variant reuses from the default is listed once, under the default."""
+        return [(v, s, self.adapter_dir(v, s)) for v in self.variants for s in self.stages(v)
+                if v == DEFAULT_VARIANT or self.prefix(v, s)]

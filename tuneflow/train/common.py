@@ -216,6 +216,7 @@ def trainer_kwargs(settings: dict, work_dir, has_eval: bool) -> dict:
         torch_compile=t["torch_compile"],
         neftune_noise_alpha=t.get("neftune_alpha"),
         disable_tqdm=True,
+        include_num_input_tokens_seen="non_padding",
         **precision_flags(t["precision"]),
     )
     if t.get("use_liger_kernel") is True or (t.get("use_liger_kernel") == "auto" and liger_available()):
@@ -227,6 +228,20 @@ def trainer_kwargs(settings: dict, work_dir, has_eval: bool) -> dict:
 
 # ----------------------------------------------------------------------------------------------
 # Checkpoints: find, validate, resume
+
+
+def setup_distributed(training_args):
+    """Initialise the process group (and DeepSpeed's) now rather than lazily inside the Trainer:
+    the work-dir barrier needs it, and under ZeRO-3 from_pretrained partitions the weights across
+    ranks only if DeepSpeed already knows the world size."""
+    device = training_args.device
+    if training_args.deepspeed:
+        import deepspeed
+
+        # On GPU transformers already did this; on CPU (use_cpu) it only set up torch.distributed,
+        # which DeepSpeed then adopts.
+        deepspeed.init_distributed(dist_backend="nccl" if cuda_available() else "gloo")
+    return device
 
 
 def prepare_work_dir(work_dir, settings: dict) -> str | None:
@@ -373,6 +388,8 @@ def finalize(trainer, tokenizer, settings, args, started, resumed_from, extra_in
     trainer.save_model(str(staging))
     barrier()
     if is_main():
+        # Nothing pickled in the outputs: the arguments are recorded as JSON in train_info.json.
+        (staging / "training_args.bin").unlink(missing_ok=True)
         tokenizer.save_pretrained(str(staging))
         trainer.state.save_to_json(str(staging / "trainer_state.json"))
         write_loss_log(trainer.state.log_history, staging)
@@ -389,7 +406,7 @@ def finalize(trainer, tokenizer, settings, args, started, resumed_from, extra_in
             "stage": settings["stage"], "variant": settings.get("variant"), "finetuning": settings["finetuning"],
             "deepspeed": settings.get("deepspeed"), "world_size": world_size(),
             "wall_time_s": round(time.time() - started, 2),
-            "train_runtime_s": trainer.state.log_history[-1].get("train_runtime") if trainer.state.log_history else None,
+            "train_runtime_s": next((e["train_runtime"] for e in reversed(trainer.state.log_history) if "train_runtime" in e), None),
             "steps": trainer.state.global_step, "resumed_from_step": resumed_from,
             "train_tokens": getattr(trainer.state, "num_input_tokens_seen", None) or None,
             "settings": settings, "data": manifests, "versions": versions(), "hardware": hardware(),

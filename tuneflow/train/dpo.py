@@ -48,6 +48,7 @@ def main(argv=None):
         loss_type=[settings["loss_type"]],
         label_smoothing=settings["label_smoothing"],
     )
+    common.setup_distributed(dpo_args)
     resume_from = common.prepare_work_dir(args.work_dir, settings)
     model = common.load_base_model(base_dir, spec, settings, model_cfg)
     ref_model = None

@@ -41,6 +41,7 @@ def main(argv=None):
         completion_only_loss=False,
         shuffle_dataset=True,
     )
+    common.setup_distributed(pt_args)
     resume_from = common.prepare_work_dir(args.work_dir, settings)
     model = common.load_base_model(base_dir, spec, settings, model_cfg)
     callbacks = common.make_callbacks(settings)

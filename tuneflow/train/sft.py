@@ -44,6 +44,7 @@ def main(argv=None):
         shuffle_dataset=True,
         dataset_num_proc=None,
     )
+    common.setup_distributed(sft_args)
     resume_from = common.prepare_work_dir(args.work_dir, settings)
     model = common.load_base_model(base_dir, spec, settings, model_cfg)
     callbacks = common.make_callbacks(settings)

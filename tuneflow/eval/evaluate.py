@@ -219,6 +219,9 @@ def evaluate(settings: dict, data_dirs: dict, out_dir):
     from tuneflow import models
     from tuneflow.io import atomic_dir
 
+    from tuneflow.train.common import die_with_launcher
+
+    die_with_launcher()
     rank, world = _dist()
     torch.manual_seed(settings["seed"])
     device = _device()

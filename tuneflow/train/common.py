@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import argparse
 import csv
+import errno
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -34,6 +36,7 @@ PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM: "stopped by a signal, checkpoint sav
 def parse_args(argv=None, description=""):
     from tuneflow.cli import json_arg
 
+    die_with_launcher()
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--settings", required=True, type=json_arg, help="the stage's settings as JSON (from the rule's params)")
     p.add_argument("--data", required=True, nargs="+", help="tokenized dataset directories")
@@ -65,6 +68,20 @@ def barrier():
 
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+
+
+def die_with_launcher():
+    """torchrun starts every rank in a session of its own, so a launcher killed with SIGKILL (a
+    crashed node, `kill -9` of Snakemake's process group) would leave the ranks running on as
+    orphans that could still write results later. Ask Linux to kill this rank when its parent dies."""
+    if not sys.platform.startswith("linux") or "TORCHELASTIC_RUN_ID" not in os.environ:
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() == 1:  # the launcher died before the line above took effect
+        os._exit(1)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -311,18 +328,48 @@ def make_callbacks(settings):
     return CheckpointCompleteCallback(), PreemptionCallback()
 
 
+STORAGE_ERRNOS = {errno.ENOSPC: "No space left on device", errno.EROFS: "Read-only file system",
+                  errno.EACCES: "Permission denied", errno.EDQUOT: "Disk quota exceeded", errno.EFBIG: "File too large",
+                  errno.EIO: "Input/output error"}
+STORAGE_PATTERNS = [(re.compile(p, re.I), e) for p, e in (
+    (r"no space left on device|os error 28", errno.ENOSPC), (r"read-only file system|os error 30", errno.EROFS),
+    (r"permission denied|os error 13", errno.EACCES), (r"disk quota exceeded", errno.EDQUOT),
+    (r"file write failed|failed writing", errno.EIO))]
+
+
+def storage_error(exc: BaseException) -> tuple[int, str] | None:
+    """(errno, description) when `exc` (or what caused it) is a failed write to disk.
+
+    torch.save and safetensors wrap OS errors in their own exception types, so the chain and the
+    messages are inspected too."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS:
+            return exc.errno, exc.strerror or STORAGE_ERRNOS[exc.errno]
+        for pattern, code in STORAGE_PATTERNS:
+            if pattern.search(str(exc)):
+                return code, STORAGE_ERRNOS[code]
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def train(trainer, resume_from, work_dir, preemption):
-    """Run trainer.train(), turning storage failures into a clear error; exit 143 when preempted."""
+    """Run trainer.train(), turning a failed write into a clear error; exit 143 when preempted."""
     if resume_from:
         log(f"resuming from {resume_from}")
     try:
         result = trainer.train(resume_from_checkpoint=resume_from)
-    except OSError as e:
+    except Exception as e:
+        failure = storage_error(e)
+        if failure is None:
+            raise
+        code, what = failure
         done = sorted((c for c in Path(work_dir).glob("checkpoint-*") if (c / COMPLETE_MARKER).exists()),
                       key=lambda c: int(c.name.split("-")[-1]))
         keep = f"the last complete checkpoint {done[-1]} is intact and a rerun resumes from it" if done else \
             "no complete checkpoint exists yet"
-        raise TuneflowError(f"writing to {e.filename or work_dir} failed: {e.strerror or e} (errno {e.errno}); {keep}") from None
+        raise TuneflowError(f"saving a checkpoint in {work_dir} failed: {what} (errno {code}); {keep}") from None
     if preemption.stopped:
         log("checkpoint saved after a stop signal; exiting so the job can be retried")
         sys.exit(PREEMPTED_EXIT_CODE)

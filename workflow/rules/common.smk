@@ -36,8 +36,9 @@ wildcard_constraints:
 
 
 def src(path):
-    """A file of this repository (scripts and the tuneflow modules a rule runs)."""
-    return os.path.join(workflow.basedir, path)
+    """A file of this repository (scripts and the tuneflow modules a rule runs), relative to the
+    working directory so that a moved or copied project does not look changed to Snakemake."""
+    return os.path.relpath(os.path.join(workflow.basedir, path))
 
 
 def code(*paths):

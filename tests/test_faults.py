@@ -1,0 +1,242 @@
+"""Faults survived: a rank killed with SIGKILL, SIGTERM (Slurm preemption / time limit), a full or
+read-only disk while saving, and Snakemake itself killed mid-run. Each one costs at most the work
+since the last checkpoint, never leaves a half-written result that looks complete, and the rerun
+resumes from the checkpoint. Each test works on a copy of the session's demo run, whose
+uninterrupted SFT / DPO adapters are the reference."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import random
+import re
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import BIN, env_with_venv
+from pipeline import CI_CONFIG, copy_project, load_tensors, max_abs_diff, run_ci, train_info
+
+pytestmark = [pytest.mark.fault, pytest.mark.slow]
+
+# Resuming restores model, optimizer, scheduler, RNG and data order: on CPU the resumed adapter
+# equals the uninterrupted one up to float rounding in re-partitioned ZeRO-2 optimizer state.
+RESUME_TOLERANCE = 1e-5
+
+
+def start(project, *targets, options=()):
+    """Snakemake in its own process group (so the whole tree can be killed at once)."""
+    cmd = [str(BIN / "snakemake"), "--profile", "local", *options, *targets, "--configfile", CI_CONFIG]
+    log = open(Path(project) / "snakemake.out", "w")
+    return subprocess.Popen(cmd, cwd=project, env=env_with_venv(), stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def wait_for(pred, timeout=300, what="condition", proc=None):
+    end = time.time() + timeout
+    while time.time() < end:
+        value = pred()
+        if value:
+            return value
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"process ended ({proc.returncode}) before {what}")
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def complete_checkpoints(work: Path) -> list[Path]:
+    return sorted((c for c in work.glob("checkpoint-*") if (c / ".complete").exists()),
+                  key=lambda c: int(c.name.split("-")[1]))
+
+
+def step(ckpt: Path) -> int:
+    return int(ckpt.name.split("-")[1])
+
+
+def processes():
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+                yield int(pid), [c.decode(errors="replace") for c in cmd if c]
+            except OSError:
+                continue
+
+
+def rank_pids(stage, project):
+    """Training ranks (not torchrun itself) of `stage` in `project`."""
+    out = []
+    for pid, cmd in processes():
+        script = next((i for i, c in enumerate(cmd) if c.endswith("scripts/train.py")), None)
+        if script is not None and "torch.distributed.run" not in cmd and cmd[script + 1:script + 2] == [stage]:
+            try:
+                if os.readlink(f"/proc/{pid}/cwd") == str(project):
+                    out.append(pid)
+            except OSError:
+                pass
+    return out
+
+
+def torchrun_pid(stage, project):
+    for pid, cmd in processes():
+        if "torch.distributed.run" in cmd and stage in cmd and any(c.endswith("scripts/train.py") for c in cmd):
+            try:
+                if os.readlink(f"/proc/{pid}/cwd") == str(project):
+                    return pid
+            except OSError:
+                pass
+    return None
+
+
+def wait_gone(pgid, timeout=60):
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+
+
+def digest(directory: Path) -> dict:
+    return {str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def sft_project(demo_run, tmp_path):
+    """A copy of the demo project whose SFT stage (and what follows) has to run again."""
+    project = copy_project(demo_run, tmp_path / "project")
+    shutil.rmtree(project / "results" / "adapters" / "sft")
+    return project
+
+
+def reference_sft(demo_run):
+    return load_tensors(demo_run / "results" / "adapters" / "sft" / "adapter_model.safetensors")
+
+
+def test_kill9_a_rank_after_the_first_checkpoint_then_resume(demo_run, sft_project):
+    work = sft_project / "results" / "work" / "sft"
+    proc = start(sft_project, "results/adapters/sft")
+    wait_for(lambda: complete_checkpoints(work), what="the first checkpoint", proc=proc)
+    delay = random.uniform(0.0, 1.0)
+    time.sleep(delay)
+    victims = wait_for(lambda: rank_pids("sft", sft_project), timeout=30, what="the training ranks")
+    victim = random.choice(victims)
+    print(f"killing rank pid {victim} with SIGKILL {delay:.2f}s after the first checkpoint")
+    os.kill(victim, signal.SIGKILL)
+    assert proc.wait(timeout=300) != 0
+    assert not (sft_project / "results" / "adapters" / "sft").exists(), "a killed job must not look complete"
+    survived = complete_checkpoints(work)
+    assert survived, "the checkpoints must survive the failed job"
+    last = step(survived[-1])
+
+    run_ci(sft_project, "results/adapters/sft")
+    adapter = sft_project / "results" / "adapters" / "sft"
+    assert train_info(adapter)["resumed_from_step"] == last
+    diff = max_abs_diff(reference_sft(demo_run), load_tensors(adapter / "adapter_model.safetensors"))
+    print(f"resumed from step {last}; max |adapter - uninterrupted adapter| = {diff:.3g}")
+    assert diff <= RESUME_TOLERANCE
+    assert not work.exists(), "checkpoints are removed once the output is complete"
+
+
+def test_sigterm_saves_a_checkpoint_and_the_retry_resumes(demo_run, sft_project):
+    work = sft_project / "results" / "work" / "sft"
+    proc = start(sft_project, "results/adapters/sft", options=("--retries", "1"))
+    wait_for(lambda: complete_checkpoints(work), what="the first checkpoint", proc=proc)
+    pid = wait_for(lambda: torchrun_pid("sft", sft_project), timeout=30, what="torchrun")
+    os.kill(pid, signal.SIGTERM)  # what Slurm sends before preemption or the time limit
+    assert proc.wait(timeout=600) == 0, (sft_project / "snakemake.out").read_text()[-5000:]
+    out = (sft_project / "snakemake.out").read_text()
+    m = re.search(r"stop signal received: saving a checkpoint at step (\d+)", out)
+    assert m, out[-5000:]
+    assert "checkpoint saved after a stop signal; exiting so the job can be retried" in out
+    assert "Error in rule train_sft" in out and "Trying to restart job" in out, out[-5000:]
+    adapter = sft_project / "results" / "adapters" / "sft"
+    assert train_info(adapter)["resumed_from_step"] == int(m.group(1))
+    assert max_abs_diff(reference_sft(demo_run), load_tensors(adapter / "adapter_model.safetensors")) <= RESUME_TOLERANCE
+
+
+def _mount_tmpfs(path: Path, size="64m"):
+    path.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs to simulate a full / read-only disk: {proc.stderr.strip()}")
+
+
+def _fill(path: Path):
+    with open(path / "filler", "wb") as f:
+        chunk = b"\0" * (1 << 20)
+        try:
+            while True:
+                f.write(chunk)
+                f.flush()
+        except OSError as e:
+            assert e.errno == errno.ENOSPC
+
+
+@pytest.mark.parametrize("failure", ["disk-full", "read-only"])
+def test_storage_failure_while_saving_keeps_the_previous_checkpoint(demo_run, sft_project, failure):
+    work_root = sft_project / "results" / "work"
+    _mount_tmpfs(work_root)
+    try:
+        work = work_root / "sft"
+        proc = start(sft_project, "results/adapters/sft")
+        first = wait_for(lambda: complete_checkpoints(work), what="the first checkpoint", proc=proc)[0]
+        if failure == "disk-full":
+            _fill(work_root)
+        else:
+            subprocess.run(["mount", "-o", "remount,ro", str(work_root)], check=True)
+        kept = digest(first)
+        assert proc.wait(timeout=300) != 0
+        log = (sft_project / "logs" / "train_sft.log").read_text()
+        what = "No space left on device (errno 28)" if failure == "disk-full" else "Read-only file system (errno 30)"
+        expected = (f"tuneflow: error: saving a checkpoint in results/work/sft failed: {what}; the last complete "
+                    f"checkpoint {first.relative_to(sft_project)} is intact and a rerun resumes from it")
+        assert expected in log, log[-4000:]
+        assert digest(first) == kept, "the previous checkpoint must be untouched"
+        assert not (sft_project / "results" / "adapters" / "sft").exists()
+
+        if failure == "disk-full":
+            (work_root / "filler").unlink()
+        else:
+            subprocess.run(["mount", "-o", "remount,rw", str(work_root)], check=True)
+        run_ci(sft_project, "results/adapters/sft")
+        adapter = sft_project / "results" / "adapters" / "sft"
+        assert train_info(adapter)["resumed_from_step"] == step(first)
+        assert max_abs_diff(reference_sft(demo_run), load_tensors(adapter / "adapter_model.safetensors")) <= RESUME_TOLERANCE
+    finally:
+        subprocess.run(["umount", "-l", str(work_root)], capture_output=True)
+
+
+def test_killing_snakemake_mid_run_then_rerunning(demo_run, tmp_path):
+    project = copy_project(demo_run, tmp_path / "project")
+    for stale in ("adapters/dpo", "merged/dpo", "eval/dpo", "eval/summary.tsv", "report"):
+        path = project / "results" / stale
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    kept = {p: (project / "results" / p).stat().st_mtime for p in ("adapters/sft", "merged/sft", "eval/sft", "data/demo_pairs")}
+    work = project / "results" / "work" / "dpo"
+    proc = start(project)
+    wait_for(lambda: complete_checkpoints(work), what="the first DPO checkpoint", proc=proc)
+    os.killpg(proc.pid, signal.SIGKILL)  # Snakemake and every process it started, like a crashed node
+    proc.wait()
+    wait_gone(proc.pid)
+    assert not (project / "results" / "adapters" / "dpo").exists()
+    survived = step(complete_checkpoints(work)[-1])
+
+    first = run_ci(project, check=False)
+    if first.returncode != 0:  # Snakemake refuses to start while its lock from the killed run is there
+        assert "cannot be locked" in first.stdout + first.stderr
+        run_ci(project, options=("--unlock",))
+        run_ci(project)
+    assert train_info(project / "results" / "adapters" / "dpo")["resumed_from_step"] == survived
+    assert (project / "results" / "report" / "index.html").is_file()
+    for p, mtime in kept.items():
+        assert (project / "results" / p).stat().st_mtime == mtime, f"{p} was complete and must not be rebuilt"
+    again = run_ci(project, options=("-n",))
+    assert "Nothing to be done" in again.stdout + again.stderr

@@ -1,0 +1,92 @@
+"""Rerun only what changed: the exact set of jobs Snakemake plans after each kind of change to a
+project that has run the whole demo pipeline (a copy of the session's demo run)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import pytest
+import yaml
+
+from pipeline import copy_project, planned_jobs
+
+pytestmark = pytest.mark.slow
+
+DOWNSTREAM_OF_SFT = {
+    ("train_sft", "results/adapters/sft"), ("merge", "results/merged/sft"),
+    ("train_dpo", "results/adapters/dpo"), ("merge", "results/merged/dpo"),
+    ("evaluate", "results/eval/sft"), ("evaluate", "results/eval/dpo"),
+    ("summarize", "results/eval/summary.tsv"), ("report", "results/report/index.html"),
+}
+ALL_EVALS = {("evaluate", f"results/eval/{m}") for m in ("base", "pt", "sft", "dpo")}
+REPORTING = {("summarize", "results/eval/summary.tsv"), ("report", "results/report/index.html")}
+
+
+@pytest.fixture
+def project(demo_run, tmp_path):
+    return copy_project(demo_run, tmp_path / "project")
+
+
+def overlay(project, data) -> str:
+    path = project / "change.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
+
+
+def test_nothing_changed_nothing_runs(project):
+    assert planned_jobs(project) == set()
+
+
+def test_sft_hyperparameter_reruns_sft_and_downstream_only(project):
+    change = overlay(project, {"stages": {"sft": {"training": {"learning_rate": 0.0025}}}})
+    assert planned_jobs(project, configs=[change]) == DOWNSTREAM_OF_SFT
+
+
+def test_sft_max_length_also_retokenizes_sft_data(project):
+    change = overlay(project, {"stages": {"sft": {"training": {"max_length": 160}}}})
+    jobs = planned_jobs(project, configs=[change])
+    tokenize = {j for j in jobs if j[0] == "tokenize"}
+    assert {j[1].split("/")[2] for j in tokenize} == {"demo_alpaca", "demo_sharegpt", "demo_promptcblue"}
+    assert jobs - tokenize == DOWNSTREAM_OF_SFT
+
+
+def test_eval_max_new_tokens_reruns_evaluations_and_report_only(project):
+    change = overlay(project, {"evaluation": {"max_new_tokens": 10}})
+    assert planned_jobs(project, configs=[change]) == ALL_EVALS | REPORTING
+
+
+def test_dpo_beta_reruns_dpo_only(project):
+    change = overlay(project, {"stages": {"dpo": {"beta": 0.3}}})
+    assert planned_jobs(project, configs=[change]) == {
+        ("train_dpo", "results/adapters/dpo"), ("merge", "results/merged/dpo"), ("evaluate", "results/eval/dpo")} | REPORTING
+
+
+def test_raw_data_content_reruns_everything_downstream_of_that_dataset(project):
+    raw = project / "resources" / "demo" / "dpo_pairs.jsonl"
+    lines = raw.read_text(encoding="utf-8").splitlines()
+    first = json.loads(lines[0])
+    first["rejected"] = first["rejected"] + "?"
+    raw.write_text("\n".join([json.dumps(first, ensure_ascii=False)] + lines[1:]) + "\n", encoding="utf-8")
+    jobs = planned_jobs(project)
+    tokenize = {j for j in jobs if j[0] == "tokenize"}
+    assert len(tokenize) == 1 and tokenize.pop()[1].startswith("results/tokenized/demo_pairs/dpo-")
+    assert jobs - {j for j in jobs if j[0] == "tokenize"} == {
+        ("convert", "results/data/demo_pairs"), ("train_dpo", "results/adapters/dpo"), ("merge", "results/merged/dpo"),
+    } | ALL_EVALS | REPORTING
+
+
+def test_editing_the_sft_recipe_reruns_sft_and_downstream(project):
+    recipe = project / "tuneflow" / "train" / "sft.py"
+    recipe.write_text(recipe.read_text() + "\n# an edit\n")
+    future = time.time() + 5
+    os.utime(recipe, (future, future))
+    assert planned_jobs(project) == DOWNSTREAM_OF_SFT
+
+
+def test_a_variant_changing_only_dpo_beta_reuses_pt_and_sft(project):
+    change = overlay(project, {"variants": {"beta03": {"stages": {"dpo": {"beta": 0.3}}}}})
+    assert planned_jobs(project, configs=[change]) == {
+        ("train_dpo", "results/variants/beta03/adapters/dpo"), ("merge", "results/variants/beta03/merged/dpo"),
+        ("evaluate", "results/variants/beta03/eval/dpo")} | REPORTING

@@ -84,3 +84,19 @@ def demo_run(tmp_path_factory):
     workdir = make_workdir(tmp_path_factory.mktemp("demo") / "project")
     snakemake(workdir, "--profile", "local", "--configfile", "tests/config/ci.yaml")
     return workdir
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory):
+    """A real 2-node Slurm (slurmctld + two slurmd with fake GPUs, munge) on this host for the
+    session; skipped with the reason when Slurm is not installed or we are not root."""
+    from slurm_cluster import is_available, start_cluster, stop_cluster
+
+    ok, why = is_available()
+    if not ok:
+        pytest.skip(why)
+    info = start_cluster(tmp_path_factory.mktemp("slurm"), nodes=2)
+    try:
+        yield info
+    finally:
+        stop_cluster(info)

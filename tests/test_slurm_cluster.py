@@ -290,19 +290,6 @@ rule train_dpo:  # two nodes, stopped by a signal once, resumed by the retry
 '''
 
 
-@pytest.fixture(scope="session")
-def slurm_cluster(tmp_path_factory):
-    """A 2-node Slurm on this host for the session (the lead may move this to conftest.py)."""
-    ok, why = is_available()
-    if not ok:
-        pytest.skip(why)
-    info = start_cluster(tmp_path_factory.mktemp("slurm"), nodes=2)
-    try:
-        yield info
-    finally:
-        stop_cluster(info)
-
-
 @pytest.fixture
 def toy(tmp_path):
     (tmp_path / "probe.py").write_text(PROBE)

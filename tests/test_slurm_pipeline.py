@@ -1,0 +1,62 @@
+"""The demo pipeline on a real Slurm (2 nodes on localhost, fake GPUs) through the user-facing
+profile: `snakemake --profile slurm` from the project root, plus the CI overrides."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import make_workdir
+from pipeline import CI_CONFIG, train_info
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+
+GPU_RULES = {"train_pt", "train_sft", "train_dpo", "merge", "evaluate"}
+CPU_RULES = {"tiny_model", "convert", "tokenize", "summarize", "report"}
+
+
+def test_demo_pipeline_runs_every_rule_as_a_slurm_job(slurm_cluster, tmp_path):
+    from slurm_cluster import client_env, show_job
+
+    project = make_workdir(tmp_path / "project")
+    env = client_env(str(sys.executable).rsplit("/", 1)[0])  # jobs inherit PATH: this venv's python first
+    cmd = [sys.executable, "-m", "snakemake", "--profile", "slurm", "--profile", "profiles/ci-slurm", "--verbose",
+           "--configfile", CI_CONFIG, "tests/config/ci-slurm.yaml"]
+    proc = subprocess.run(cmd, cwd=project, env=env, capture_output=True, text=True, timeout=2400)
+    log = proc.stdout + proc.stderr
+    (project / "snakemake.out").write_text(log)
+    assert proc.returncode == 0, log[-8000:] + "\n" + slurm_cluster.logs()
+
+    planned = {rule: int(n) for rule, n in re.findall(r"^(\w+)\s+(\d+)$", log.split("Job stats:")[1].split("\n\n")[0], re.M)}
+    submitted, slurm_logs = {}, {}
+    for job_id, path, rule in re.findall(r"submitted with SLURM jobid (\d+) \(log: (\S*/rule_(\w+)/\S*)\)", log):
+        submitted.setdefault(rule, []).append(job_id)
+        slurm_logs[job_id] = path
+    # Every rule but the `all` target ran as Slurm jobs, one per planned job.
+    assert {r: len(ids) for r, ids in submitted.items()} == {r: n for r, n in planned.items() if r not in ("all", "total")}
+    sbatch = {m.group(2): m.group(1) for m in re.finditer(r"sbatch call: (sbatch .*?--comment rule_(\w+) .*)", log)}
+    for rule, ids in submitted.items():
+        for job_id in ids:
+            job = show_job(job_id)
+            assert job["JobState"] == "COMPLETED", (rule, job)
+            assert ".snakemake/slurm_logs/" in slurm_logs[job_id] and Path(slurm_logs[job_id]).is_file()
+            if rule in GPU_RULES:
+                gpus = "gres:gpu:1" if rule == "merge" else "gres:gpu:2"
+                assert (job["Partition"], job["TresPerNode"], job["NumNodes"], job["NumTasks"]) == ("gpu", gpus, "1", "1"), (rule, job)
+            else:
+                assert rule in CPU_RULES and job["Partition"] == "cpu", (rule, job)
+    for rule in ("train_pt", "train_sft", "train_dpo"):
+        assert "--gres=gpu:2" in sbatch[rule] and "--ntasks-per-gpu" not in sbatch[rule] and "--signal=TERM@" in sbatch[rule]
+
+    # One rank per (fake) GPU, as the config says; the outputs are complete.
+    for stage in ("pt", "sft", "dpo"):
+        info = train_info(project / "results" / "adapters" / stage)
+        assert info["world_size"] == 2 and info["deepspeed"] == "zero2"
+        assert json.loads((project / "results" / "merged" / stage / "merge_check.json").read_text())["max_abs_diff"] is not None
+    assert (project / "results" / "report" / "index.html").is_file()
+    assert (project / "results" / "eval" / "summary.tsv").read_text().count("\n") > 50

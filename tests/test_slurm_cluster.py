@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from slurm_cluster import client_env, is_available, show_job, start_cluster, stop_cluster
+from slurm_cluster import client_env, is_available, show_job
 from tuneflow import launch
 from tuneflow.cluster import processes_per_node, rule_resources
 

@@ -451,6 +451,8 @@ def finalize(trainer, tokenizer, settings, args, started, resumed_from, extra_in
                               "counts": man["counts"]})
         info = {
             "stage": settings["stage"], "variant": settings.get("variant"), "finetuning": settings["finetuning"],
+            "quantized": "4bit" if getattr(trainer.model, "is_loaded_in_4bit", False) else
+                         "8bit" if getattr(trainer.model, "is_loaded_in_8bit", False) else None,
             "deepspeed": settings.get("deepspeed"), "world_size": world_size(),
             "wall_time_s": round(time.time() - started, 2),
             "train_runtime_s": next((e["train_runtime"] for e in reversed(trainer.state.log_history) if "train_runtime" in e), None),

@@ -1,0 +1,77 @@
+"""config/recipes: one preset per seed system. Each validates, dry-runs with its own data, and
+runs end to end on a CPU with the embedded tiny model swapped in (tests/config/recipe-smoke.yaml)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, SHARED, make_workdir, snakemake
+from tuneflow import config
+from tuneflow.plan import Plan
+
+RECIPES = sorted(p.name for p in (REPO / "config" / "recipes").glob("*.yaml"))
+SMOKE = "tests/config/recipe-smoke.yaml"
+
+
+def needs_shared():
+    if not SHARED.exists():
+        pytest.skip(f"the presets read their data from ../shared/data, not found at {SHARED}")
+
+
+def test_there_is_one_preset_per_seed_system():
+    assert RECIPES == ["chinese_llama_alpaca2_sft.yaml", "llama_factory_sft.yaml", "llms_train_promptcblue.yaml",
+                       "medicalgpt_chain.yaml", "peft_sft_qlora_zero3.yaml"]
+
+
+def test_presets_express_the_published_hyperparameters():
+    c = {name: config.load(REPO / "config" / "recipes" / name)["stages"] for name in RECIPES}
+    cla = c["chinese_llama_alpaca2_sft.yaml"]["sft"]
+    assert (cla["lora"]["r"], cla["lora"]["alpha"], cla["training"]["learning_rate"], cla["deepspeed"],
+            cla["training"]["max_length"]) == (64, 128, 1e-4, "zero2", 1024)
+    assert sorted(cla["lora"]["target_modules"]) == sorted(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    assert cla["lora"]["modules_to_save"] == ["embed_tokens", "lm_head"]
+    peft = c["peft_sft_qlora_zero3.yaml"]["sft"]
+    assert (peft["finetuning"], peft["quantization"]["quant_type"], peft["quantization"]["double_quant"],
+            peft["quantization"]["storage_dtype"], peft["deepspeed"], peft["training"]["packing"],
+            peft["lora"]["r"], peft["lora"]["target_modules"]) == ("qlora", "nf4", True, "bfloat16", "zero3", True, 8, "all-linear")
+    lf = c["llama_factory_sft.yaml"]["sft"]
+    assert (lf["lora"]["target_modules"], lf["training"]["lr_scheduler"], lf["training"]["learning_rate"]) == (["q_proj", "v_proj"], "cosine", 5e-4)
+    llms = c["llms_train_promptcblue.yaml"]["sft"]
+    assert (llms["lora"]["r"], llms["lora"]["alpha"], llms["deepspeed"]) == (8, 32, "zero2")
+    med = c["medicalgpt_chain.yaml"]
+    assert all(med[s]["enabled"] for s in ("pt", "sft", "dpo"))
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_preset_validates_and_dry_runs(recipe):
+    needs_shared()
+    cfg = config.load(REPO / "config" / "recipes" / recipe)
+    assert Plan(cfg).stages()  # at least one stage enabled
+    proc = snakemake(REPO, "-n", "--quiet", "rules", "--configfile", f"config/recipes/{recipe}", "--replace-workflow-config")
+    assert "train_" in proc.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_preset_runs_on_cpu_with_the_tiny_model(recipe, tmp_path):
+    needs_shared()
+    preset = config.load(REPO / "config" / "recipes" / recipe)
+    stages = Plan(preset).stages()
+    if any(preset["stages"][s]["finetuning"] == "qlora" for s in stages):
+        pytest.importorskip("bitsandbytes", reason="QLoRA presets need bitsandbytes (pip install -e '.[test]')")
+    os.symlink(SHARED.parent, tmp_path / "shared")  # the presets read ../shared/data
+    project = make_workdir(tmp_path / "project")
+    snakemake(project, "--profile", "local", f"results/merged/{stages[-1]}",
+              "--configfile", f"config/recipes/{recipe}", SMOKE, "--replace-workflow-config")
+    for stage in stages:
+        info = json.loads((project / "results" / "adapters" / stage / "train_info.json").read_text())
+        st = preset["stages"][stage]
+        assert (info["finetuning"], info["deepspeed"], info["world_size"]) == (st["finetuning"], st["deepspeed"], 2)
+        assert info["quantized"] == ("4bit" if st["finetuning"] == "qlora" else None)
+        check = json.loads((project / "results" / "merged" / stage / "merge_check.json").read_text())
+        assert check["max_abs_diff"] <= check.get("tolerance", 0.0)
+        assert Path(project / "results" / "merged" / stage / "model.safetensors").is_file()

@@ -5,11 +5,12 @@ BIN    := $(VENV)/bin
 
 .PHONY: demo test setup system-deps clean
 
+# Rules call `python`: put the venv first on PATH for them.
 demo: $(VENV)/.installed
-	$(BIN)/snakemake --profile local
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/snakemake --profile local
 
 test: $(VENV)/.installed system-deps
-	$(BIN)/python -m pytest
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest
 
 setup: $(VENV)/.installed
 

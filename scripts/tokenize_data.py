@@ -17,9 +17,12 @@ def main(argv=None):
     p.add_argument("--out", required=True)
     a = p.parse_args(argv)
 
+    from datasets import disable_progress_bars
+
     from tuneflow import models
     from tuneflow.tokenization import tokenize_dataset
 
+    disable_progress_bars()
     s = a.settings
     model_dir = models.resolve_model_path(s["model"]["path"], s["model"].get("revision"))
     model_cfg = models.check_model_dir(model_dir, s["model"], weights_expected=False)

@@ -20,7 +20,7 @@ def test_default_target_dry_run_resolves(workdir):
 
 
 def test_merged_sft_target_needs_no_dpo(workdir):
-    out = snakemake(workdir, "-n", "--quiet", "rules", "results/merged/sft").stdout
+    out = snakemake(workdir, "results/merged/sft", "-n", "--quiet", "rules").stdout
     assert "train_sft" in out and "train_dpo" not in out and "evaluate" not in out
 
 

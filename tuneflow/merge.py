@@ -51,7 +51,10 @@ def merge_adapter(base_spec: dict, adapter_dir, finetuning: str, out_dir) -> dic
     base_dir = models.resolve_model_path(base_spec["path"], base_spec.get("revision"))
     model_cfg = models.check_model_dir(base_dir, base_spec)
     dtype = models.torch_dtype(base_spec.get("torch_dtype", "auto"), model_cfg)
-    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype, trust_remote_code=bool(base_spec.get("trust_remote_code")),
+    # The merged model must keep the RoPE scaling the adapter was trained with.
+    train_info = adapter_dir / "train_info.json"
+    rope_scaling = json.loads(train_info.read_text())["settings"]["training"].get("rope_scaling") if train_info.exists() else None
+    base = AutoModelForCausalLM.from_pretrained(base_dir, config=models.load_model_config(base_dir, base_spec, rope_scaling), dtype=dtype, trust_remote_code=bool(base_spec.get("trust_remote_code")),
                                                 use_safetensors=not base_spec.get("allow_unsafe_weights")).to(device)
     model = PeftModel.from_pretrained(base, adapter_dir).to(device).eval()
     ids = _samples(base.config.vocab_size).to(device)

@@ -147,6 +147,18 @@ def check_max_length(max_length: int, model_cfg: dict, key: str, rope_scaling=No
                          "(max_position_embeddings); lower it or set rope_scaling")
 
 
+def load_model_config(model_dir, spec: dict, rope_scaling: dict | None = None):
+    """The model's transformers config, with `training.rope_scaling` applied on top of its own RoPE
+    parameters (transformers 5 keeps rope_theta in the same dict, so it is merged, not replaced)."""
+    from transformers import AutoConfig
+
+    cfg = AutoConfig.from_pretrained(model_dir, trust_remote_code=bool(spec.get("trust_remote_code")))
+    if rope_scaling:
+        extra = {k: v for k, v in rope_scaling.items() if k != "type"}
+        cfg.rope_parameters = {**(cfg.rope_parameters or {}), "rope_type": rope_scaling["type"], **extra}
+    return cfg
+
+
 def module_names(model_dir) -> set[str]:
     """Leaf module names (q_proj, ...) from the safetensors headers, without loading weights."""
     from safetensors import safe_open

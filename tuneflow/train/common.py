@@ -141,18 +141,16 @@ def load_base_model(base_dir, spec: dict, settings: dict, model_cfg: dict):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from tuneflow.models import torch_dtype
+    from tuneflow.models import load_model_config, torch_dtype
 
     training = settings["training"]
     kwargs = {
+        "config": load_model_config(base_dir, spec, training.get("rope_scaling")),
         "dtype": torch_dtype(spec.get("torch_dtype", "auto"), model_cfg),
         "attn_implementation": attn_implementation(training["attn_implementation"]),
         "trust_remote_code": bool(spec.get("trust_remote_code")),
         "use_safetensors": not spec.get("allow_unsafe_weights"),
     }
-    if training.get("rope_scaling"):
-        rs = dict(training["rope_scaling"])
-        kwargs["rope_scaling"] = {"rope_type": rs.pop("type"), **rs}
     if settings["finetuning"] == "qlora":
         from transformers import BitsAndBytesConfig
 
@@ -423,6 +421,17 @@ def hardware() -> dict:
     return info
 
 
+def effective_setup(trainer) -> dict:
+    """What the trainer and model actually ran with (as opposed to what was asked for)."""
+    a, cfg = trainer.args, trainer.model.config
+    return {"attn_implementation": cfg._attn_implementation, "rope_parameters": getattr(cfg, "rope_parameters", None),
+            "gradient_checkpointing": a.gradient_checkpointing, "neftune_noise_alpha": a.neftune_noise_alpha,
+            "bf16": a.bf16, "fp16": a.fp16, "use_liger_kernel": a.use_liger_kernel, "torch_compile": a.torch_compile,
+            "deepspeed": bool(a.deepspeed), "packing": getattr(a, "packing", None),
+            "padding_free": getattr(a, "padding_free", None), "per_device_batch_size": a.per_device_train_batch_size,
+            "gradient_accumulation_steps": a.gradient_accumulation_steps}
+
+
 def finalize(trainer, tokenizer, settings, args, started, resumed_from, extra_info=None):
     """Save the adapter (or full weights) + tokenizer + logs into a temporary directory and rename it
     to the declared output; then remove the checkpoints. Every rank must call this (ZeRO-3 gathers)."""
@@ -458,7 +467,8 @@ def finalize(trainer, tokenizer, settings, args, started, resumed_from, extra_in
             "train_runtime_s": next((e["train_runtime"] for e in reversed(trainer.state.log_history) if "train_runtime" in e), None),
             "steps": trainer.state.global_step, "resumed_from_step": resumed_from,
             "train_tokens": getattr(trainer.state, "num_input_tokens_seen", None) or None,
-            "settings": settings, "data": manifests, "versions": versions(), "hardware": hardware(),
+            "settings": settings, "effective": effective_setup(trainer), "data": manifests, "versions": versions(),
+            "hardware": hardware(),
             **(extra_info or {}),
         }
         with open(staging / "train_info.json", "w", encoding="utf-8") as f:

@@ -7,13 +7,22 @@ same data, one run.
   (b) tuneflow: the SFT recipe's trainer (TRL SFTTrainer) with tuneflow's default training settings
       (workflow/schemas/config.schema.yaml), plus --packing / --micro-batch when given.
 
-Data: the real Stanford Alpaca length mix (../shared/data), tokenized with a byte-level BPE trained
-on it (vocab 32k by default), prompts masked as in tuneflow's SFT. Model: Llama-architecture shape
-(7b default, 1b, or tiny for a CPU smoke run), random init, no hub. Prints per path: effective
-(non-padding) tokens/s, padding fraction, peak GPU memory, hardware FLOP utilisation and b/a.
+  (c) with `--paths ...,qlora`: path (b) with the base loaded 4-bit (nf4, double quant) as the
+      qlora recipe loads it; reported for its peak memory.
 
-    python scripts/bench_train.py --shape 7b --steps 30              # on an H100
-    python scripts/bench_train.py --shape tiny --steps 2 --records 64  # CPU smoke (CI)
+Data: the real Stanford Alpaca length mix (../shared/data), tokenized with a byte-level BPE trained
+on it (vocab 32k by default), prompts masked as in tuneflow's SFT; or `--data-kind dense`: random
+token rows of exactly --max-length, every token trained. Model: Llama-architecture shape (7b
+default, 1b, or tiny for a CPU smoke run), random init, no hub; saved once as safetensors so paths
+(b) and (c) load it through the recipe's own loader (attention implementation, liger, quantization).
+Prints per path: effective (non-padding) tokens/s, padding fraction, peak GPU memory, hardware FLOP
+utilisation, the held-out loss after training (same samples for every path: a speed-up that broke
+training shows there) and the ratio to (a).
+
+    python scripts/bench_train.py --shape 7b --steps 30                          # on an H100
+    python scripts/bench_train.py --shape 7b --steps 30 --data-kind dense --paths baseline,tuneflow
+    python scripts/bench_train.py --shape 7b --steps 10 --paths qlora             # QLoRA peak memory
+    python scripts/bench_train.py --shape tiny --steps 2 --records 64             # CPU smoke (CI)
 """
 
 from __future__ import annotations
@@ -66,17 +75,47 @@ def load_records(path, limit):
     return records[:limit] if limit else records
 
 
-def make_model(shape, vocab, device, dtype):
+def save_random_model(shape, vocab, device, dtype, out_dir):
+    """Random-init Llama of the given shape, saved as safetensors so every path loads the same weights."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     h, i, n, a, kv = SHAPES[shape]
     cfg = LlamaConfig(vocab_size=vocab, hidden_size=h, intermediate_size=i, num_hidden_layers=n, num_attention_heads=a,
-                      num_key_value_heads=kv, max_position_embeddings=4096, attn_implementation="sdpa", use_cache=False)
+                      num_key_value_heads=kv, max_position_embeddings=4096, use_cache=False, dtype=dtype)
     torch.manual_seed(0)
     with torch.device(device):
         model = LlamaForCausalLM(cfg).to(dtype)
-    return model
+    model.save_pretrained(out_dir)
+    del model
+    gc.collect()
+
+
+def dense_rows(n, length, vocab, seed=0):
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, vocab, (n, length), generator=g).tolist()
+    return [{"input_ids": r, "labels": r} for r in ids]
+
+
+def held_out_loss(model, rows, device, pad_id):
+    """Mean loss per trained token on fixed samples, one at a time (no padding, no packing).
+
+    The model stays in train mode (no dropout is configured, so the numbers are the same):
+    bitsandbytes repacks 4-bit weights for CPU inference in eval mode and fails on small shapes."""
+    import torch
+
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for r in rows:
+            ids = torch.tensor([r["input_ids"]], device=device)
+            labels = torch.tensor([r["labels"]], device=device)
+            n = int((labels[:, 1:] != -100).sum())
+            if n:
+                total += model(input_ids=ids, labels=labels).loss.float().item() * n
+                count += n
+    return total / max(count, 1)
 
 
 def flops_per_token(model, seq_len):
@@ -127,25 +166,28 @@ def counting_collator(collate, timer, pad_id):
     return wrapped
 
 
-def run_path(name, trainer_factory, timer, device):
+def run_path(name, trainer_factory, timer, device, eval_rows, pad_id):
     import torch
 
     if device.startswith("cuda"):
+        gc.collect()
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     trainer = trainer_factory()
     started = time.perf_counter()
     trainer.train()
     wall = time.perf_counter() - started
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else None
     steps = len(timer.times)
     # tokens of the timed steps only: every step sees the same expected mix, so scale by steps
     total_steps = trainer.state.global_step
     tokens_timed = timer.tokens * steps / max(total_steps, 1)
     seconds = sum(timer.times)
-    peak = torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else None
     result = {"path": name, "steps_timed": steps, "seconds": seconds, "tokens_per_s": tokens_timed / seconds if seconds else None,
               "padding_fraction": 1 - timer.tokens / max(timer.computed, 1), "peak_gib": peak, "wall_s": wall,
-              "final_loss": next((e["loss"] for e in reversed(trainer.state.log_history) if "loss" in e), None)}
+              "tokens_trained": timer.tokens,
+              "final_loss": next((e["loss"] for e in reversed(trainer.state.log_history) if "loss" in e), None),
+              "held_out_loss": held_out_loss(trainer.model, eval_rows, device, pad_id)}
     del trainer
     gc.collect()
     return result
@@ -155,6 +197,8 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shape", choices=sorted(SHAPES), default="7b")
     p.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "stanford_alpaca" / "alpaca_data.json.gz"))
+    p.add_argument("--data-kind", choices=["alpaca", "dense"], default="alpaca",
+                   help="alpaca: the real length mix; dense: random rows of exactly --max-length tokens")
     p.add_argument("--records", type=int, default=0, help="use the first N records (0 = all)")
     p.add_argument("--vocab", type=int, default=32000)
     p.add_argument("--max-length", type=int, default=1024)
@@ -163,19 +207,25 @@ def main():
     p.add_argument("--baseline-micro-batch", type=int, default=4)
     p.add_argument("--micro-batch", type=int, default=None, help="tuneflow path; default: the schema's per_device_batch_size")
     p.add_argument("--packing", choices=["default", "on", "off"], default="default")
+    p.add_argument("--gradient-checkpointing", choices=["default", "on", "off"], default="default", help="tuneflow path")
     p.add_argument("--lora-r", type=int, default=64)
+    p.add_argument("--eval-samples", type=int, default=32, help="held-out samples for the loss after training")
     p.add_argument("--peak-tflops", type=float, default=790.0, help="measured bf16 matmul peak of the GPU (H100: ~790)")
-    p.add_argument("--paths", default="baseline,tuneflow")
+    p.add_argument("--paths", default="baseline,tuneflow", help="comma-separated: baseline, tuneflow, qlora")
     p.add_argument("--json", help="also write the results here")
     a = p.parse_args()
+    paths = set(a.paths.split(","))
+    if paths - {"baseline", "tuneflow", "qlora"}:
+        p.error(f"--paths: unknown {sorted(paths - {'baseline', 'tuneflow', 'qlora'})}")
 
     import torch
     from datasets import Dataset
     from peft import LoraConfig, get_peft_model
-    from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
+    from transformers import AutoModelForCausalLM, DataCollatorForSeq2Seq, Trainer, TrainingArguments
     from trl import SFTConfig, SFTTrainer
 
     from tuneflow import config as tfconfig
+    from tuneflow import models
     from tuneflow.tokenization import tokenize_sft
     from tuneflow.train import common
 
@@ -186,23 +236,39 @@ def main():
     records = load_records(a.data, a.records)
     tmp = Path(tempfile.mkdtemp())
     texts = [m["content"] for r in records for m in r["messages"]]
-    tok = build_tokenizer(texts, a.vocab, tmp / "tok")
-    rows, stats = tokenize_sft(records, tok, a.max_length)
-    mean_len = stats["tokens"] / max(len(rows), 1)
-    print(f"data: {len(rows)} samples, mean {mean_len:.1f} tokens, vocab {len(tok)}, device {device}"
+    tok = build_tokenizer(texts, a.vocab, tmp / "model")
+    if a.data_kind == "dense":
+        needed = (a.steps + a.warmup) * max(a.baseline_micro_batch, a.micro_batch or 1) * 4 + a.eval_samples
+        rows = dense_rows(needed, a.max_length, len(tok))
+    else:
+        rows, _ = tokenize_sft(records, tok, a.max_length)
+    eval_rows, rows = rows[:a.eval_samples], rows[a.eval_samples:]
+    mean_len = sum(len(r["input_ids"]) for r in rows) / max(len(rows), 1)
+    print(f"data: {a.data_kind}, {len(rows)} samples, mean {mean_len:.1f} tokens, vocab {len(tok)}, device {device}"
           + (f" ({torch.cuda.get_device_name()})" if device == "cuda" else ""), flush=True)
     ds = Dataset.from_dict({"input_ids": [r["input_ids"] for r in rows], "labels": [r["labels"] for r in rows]})
-    defaults = tfconfig.fill_defaults({"base_model": {"path": "x"}, "datasets": {}})["stages"]["sft"]["training"]
-    packing = defaults["packing"] if a.packing == "default" else a.packing == "on"
-    micro = a.micro_batch or defaults["per_device_batch_size"]
+    save_random_model(a.shape, len(tok), device, dtype, tmp / "model")
+    model_dir = str(tmp / "model")
+    spec = {"path": model_dir, "torch_dtype": "auto"}
+    model_cfg = models.read_model_config(model_dir)
+    defaults = tfconfig.fill_defaults({"base_model": {"path": "x"}, "datasets": {}})["stages"]["sft"]
+    training = defaults["training"]
+    packing = training["packing"] if a.packing == "default" else a.packing == "on"
+    checkpointing = training["gradient_checkpointing"] if a.gradient_checkpointing == "default" else a.gradient_checkpointing == "on"
+    micro = a.micro_batch or training["per_device_batch_size"]
     lora = LoraConfig(r=a.lora_r, lora_alpha=2 * a.lora_r, lora_dropout=0.0, target_modules=PROJ, task_type="CAUSAL_LM")
     results = []
 
-    if "baseline" in a.paths:
+    def report(res, timer):
+        res["hfu"] = res["tokens_per_s"] * timer.flops / (a.peak_tflops * 1e12) if device == "cuda" and res["tokens_per_s"] else None
+        results.append(res)
+
+    if "baseline" in paths:
         timer = StepTimer(a.warmup, device)
 
         def baseline():
-            model = get_peft_model(make_model(a.shape, len(tok), device, dtype), lora)
+            base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, attn_implementation="sdpa").to(device)
+            model = get_peft_model(base, lora)
             model.enable_input_require_grads()
             targs = TrainingArguments(output_dir=str(tmp / "a"), per_device_train_batch_size=a.baseline_micro_batch,
                                       max_steps=a.steps + a.warmup, learning_rate=1e-4, gradient_checkpointing=True,
@@ -213,40 +279,50 @@ def main():
                         callbacks=[timer.callback()])
             timer.flops = flops_per_token(model.get_base_model(), mean_len)
             return t
-        res = run_path(f"seed-style (HF Trainer + peft, pad-to-longest, micro-batch {a.baseline_micro_batch}, grad ckpt)",
-                       baseline, timer, device)
-        res["hfu"] = res["tokens_per_s"] * timer.flops / (a.peak_tflops * 1e12) if device == "cuda" and res["tokens_per_s"] else None
-        results.append(res)
+        report(run_path(f"seed-style (HF Trainer + peft, pad-to-longest, micro-batch {a.baseline_micro_batch}, grad ckpt, sdpa)",
+                        baseline, timer, device, eval_rows, tok.pad_token_id), timer)
 
-    if "tuneflow" in a.paths:
+    def tuneflow_path(finetuning):
+        """The SFT recipe's trainer, model loaded by the recipe's loader, tuneflow's default settings."""
         timer = StepTimer(a.warmup, device)
+        settings = {"seed": 0, "finetuning": finetuning, "deepspeed": None, "quantization": defaults["quantization"],
+                    "training": {**training, "max_steps": a.steps + a.warmup, "per_device_batch_size": micro,
+                                 "gradient_checkpointing": checkpointing, "logging_steps": 1, "save_steps": 10**9,
+                                 "packing": packing}}
 
-        def tuneflow():
-            settings = {"seed": 0, "finetuning": "lora", "deepspeed": None,
-                        "training": {**defaults, "max_steps": a.steps + a.warmup, "per_device_batch_size": micro,
-                                     "logging_steps": 1, "save_steps": 10**9, "packing": packing}}
+        def factory():
             kw = common.trainer_kwargs(settings, tmp / "b", has_eval=False)
             kw.update(report_to=[], save_strategy="no")
             sargs = SFTConfig(**kw, max_length=a.max_length, packing=packing, packing_strategy="bfd")
-            model = make_model(a.shape, len(tok), device, dtype)
+            model = common.load_base_model(model_dir, spec, settings, model_cfg)
             t = SFTTrainer(model=model, args=sargs, train_dataset=ds, processing_class=tok, peft_config=lora,
                            callbacks=[timer.callback()])
             t.data_collator = counting_collator(t.data_collator, timer, tok.pad_token_id)
             timer.flops = flops_per_token(t.model.get_base_model(), a.max_length if packing else mean_len)
+            timer.attn = t.model.config._attn_implementation
             return t
-        res = run_path(f"tuneflow SFT (defaults: packing={packing}, micro-batch {micro}, "
-                       f"grad ckpt={defaults['gradient_checkpointing']})", tuneflow, timer, device)
-        res["hfu"] = res["tokens_per_s"] * timer.flops / (a.peak_tflops * 1e12) if device == "cuda" and res["tokens_per_s"] else None
-        results.append(res)
+        res = run_path(f"tuneflow SFT {finetuning} (packing={packing}, micro-batch {micro}, grad ckpt={checkpointing}, "
+                       f"attn={training['attn_implementation']}, liger={training['use_liger_kernel']})",
+                       factory, timer, device, eval_rows, tok.pad_token_id)
+        res["path"] += f" [attn ran: {timer.attn}]"
+        report(res, timer)
 
-    print(f"\nshape {a.shape}, LoRA r{a.lora_r} on {', '.join(PROJ)}, {a.steps} timed steps after {a.warmup} warm-up")
+    if "tuneflow" in paths:
+        tuneflow_path("lora")
+    if "qlora" in paths:
+        tuneflow_path("qlora")
+
+    print(f"\nshape {a.shape}, {a.data_kind} data, LoRA r{a.lora_r} on {', '.join(PROJ)}, "
+          f"{a.steps} timed steps after {a.warmup} warm-up")
     for r in results:
         mem = f"{r['peak_gib']:.1f} GiB" if r["peak_gib"] is not None else "n/a (CPU)"
         hfu = f"{100 * r['hfu']:.1f}%" if r.get("hfu") is not None else "n/a"
         print(f"  {r['path']}\n    effective tokens/s {r['tokens_per_s']:.1f}  padding {100 * r['padding_fraction']:.1f}%  "
-              f"peak memory {mem}  HFU {hfu}  final loss {r['final_loss']}")
-    if len(results) == 2 and results[0]["tokens_per_s"]:
-        print(f"  ratio tuneflow / seed-style: {results[1]['tokens_per_s'] / results[0]['tokens_per_s']:.2f}x")
+              f"peak memory {mem}  HFU {hfu}  final loss {r['final_loss']}  "
+              f"held-out loss {r['held_out_loss']:.4f} after {r['tokens_trained']} tokens")
+    if len(results) >= 2 and results[0]["path"].startswith("seed-style") and results[0]["tokens_per_s"]:
+        for r in results[1:]:
+            print(f"  ratio {r['path'].split(' (')[0]} / seed-style: {r['tokens_per_s'] / results[0]['tokens_per_s']:.2f}x")
     if a.json:
         Path(a.json).write_text(json.dumps(results, indent=2))
 

@@ -118,7 +118,7 @@ def tiny_model_dir(tmp_path_factory):
     return out
 
 
-def model_variant(src: Path, dest: Path, config_edit=None, remove=(), tokenizer_edit=None) -> Path:
+def model_variant(src: Path, dest: Path, config_edit=None, tokenizer_edit=None) -> Path:
     shutil.copytree(src, dest)
     if config_edit:
         cfg = json.loads((dest / "config.json").read_text())
@@ -128,8 +128,6 @@ def model_variant(src: Path, dest: Path, config_edit=None, remove=(), tokenizer_
         tc = json.loads((dest / "tokenizer_config.json").read_text())
         tokenizer_edit(tc)
         (dest / "tokenizer_config.json").write_text(json.dumps(tc))
-    for name in remove:
-        (dest / name).unlink()
     return dest
 
 
@@ -182,6 +180,10 @@ CONFIG_CASES = [
     ("unknown-format", set_key("datasets.demo_text.format", "jsonl"), ["config key 'datasets.demo_text.format': 'jsonl' is not one of"]),
     ("dataset-name-traversal", lambda c: c["datasets"].update({"../escape": c["datasets"]["demo_text"]}),
      ["config key 'datasets.../escape': name '../escape' cannot be used in result paths"]),
+    ("variant-name-separator", set_key("variants", {"lr/high": {"seed": 1}}),
+     ["config key 'variants.lr/high': name 'lr/high' cannot be used in result paths"]),
+    ("dataset-name-newline", lambda c: c["datasets"].update({"evil\n": c["datasets"]["demo_text"]}),
+     ["name 'evil\\n' cannot be used in result paths"]),
     ("glob-matches-nothing", set_key("datasets.demo_text.path", "resources/nothing/*.txt"),
      ["resources/nothing/*.txt: glob matches no files (config key datasets.demo_text.path)"]),
     ("unknown-deepspeed", set_key("stages.sft.deepspeed", "zero9"), ["config key 'stages.sft.deepspeed': 'zero9' is neither a preset"]),
@@ -233,14 +235,39 @@ def test_zero3_with_quantized_checkpoint(project, tiny_model_dir, tmp_path):
     assert_snakemake_refuses(project, "config key 'stages.pt.deepspeed': the base model at", "is already quantized; ZeRO-3 cannot")
 
 
+@pytest.mark.parametrize("edit, message", [
+    (set_key("stages.sft.lora.target_modules", ["q_proj", "query_key_value"]),
+     "config key 'stages.sft.lora.target_modules[1]': module 'query_key_value' does not exist in results/models/tiny"),
+    (set_key("stages.dpo.training.max_length", 100000),
+     "config key 'stages.dpo.training.max_length': 100000 is above the model's 1024 positions"),
+], ids=["target-module", "max-length"])
+def test_embedded_tiny_model_is_checked_before_it_is_built(project, edit, message):
+    """The default base model does not exist yet when Snakemake plans: its settings stand in for it."""
+    with_config(project, edit)
+    assert_snakemake_refuses(project, message)
+
+
+@pytest.mark.parametrize("offline_env", [{"HF_HUB_OFFLINE": "1"}, {"HF_ENDPOINT": "https://127.0.0.1:9"}],
+                         ids=["HF_HUB_OFFLINE", "hub-unreachable"])
+def test_hub_name_while_offline_is_refused_when_planning(project, tmp_path, offline_env):
+    with_config(project, set_key("base_model.path", "some-org/some-model"))
+    shutil.rmtree(project / "results", ignore_errors=True)
+    proc = snakemake(project, "-c1", "results/data/demo_text", check=False, timeout=120,
+                     env={**offline_env, "HF_HOME": str(tmp_path / "hf")})
+    out = proc.stdout + proc.stderr
+    expected = "the hub is offline (HF_HUB_OFFLINE=1)" if "HF_HUB_OFFLINE" in offline_env else "the Hugging Face Hub cannot be reached"
+    assert proc.returncode != 0 and "config key 'base_model.path': 'some-org/some-model' is not a local directory" in out, out[-3000:]
+    assert expected in out and files_under(project / "results") == []
+
+
 def test_model_path_that_does_not_exist(project):
     with_config(project, set_key("base_model.path", "/models/does-not-exist"))
     assert_snakemake_refuses(project, "config key 'base_model.path': model directory '/models/does-not-exist' does not exist")
 
 
 def test_tokenizer_without_chat_template(project, tiny_model_dir, tmp_path):
-    model_case(project, tiny_model_dir, tmp_path, "notemplate", remove=("chat_template.jinja",),
-               tokenizer_edit=lambda t: t.pop("chat_template", None))
+    model = model_case(project, tiny_model_dir, tmp_path, "notemplate", tokenizer_edit=lambda t: t.pop("chat_template"))
+    assert not (model / "chat_template.jinja").exists()
     assert_snakemake_refuses(project, "has no chat template, but config key 'chat_template' is 'tokenizer'")
 
 

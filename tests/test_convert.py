@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -149,7 +150,23 @@ def test_duplicate_ids_can_be_renamed(tmp_path):
     recs = [{"input": f"q{i}", "target": "a", "sample_id": "same"} for i in range(3)]
     f = write(tmp_path / "p.jsonl", "\n".join(json.dumps(r) for r in recs) + "\n")
     m, rows = convert(tmp_path, f, "promptcblue", duplicate_ids="rename")
-    assert sorted(r["id"] for r in rows) == ["same", "same#2", "same#3"] and m["counts"]["renamed_ids"] == 2
+    ids = {r["input"]: r["id"] for r in (json_row_input(r) for r in rows)}
+    assert ids["q0"] == "same" and re.fullmatch(r"same#[0-9a-f]{8}", ids["q1"]) and re.fullmatch(r"same#[0-9a-f]{8}", ids["q2"])
+    assert len(set(ids.values())) == 3 and m["counts"]["renamed_ids"] == 2
+    # a record inserted before them changes neither their ids nor so their split keys
+    g = write(tmp_path / "q.jsonl", "\n".join(json.dumps(r) for r in [{**recs[0], "input": "new"}, *recs]) + "\n")
+    _, again = convert(tmp_path / "again", g, "promptcblue", duplicate_ids="rename")
+    again_ids = {r["input"]: r["id"] for r in (json_row_input(r) for r in again)}
+    assert again_ids["q1"] == ids["q1"] and again_ids["q2"] == ids["q2"]
+    # the same content under the same id twice still gets two ids
+    h = write(tmp_path / "r.jsonl", "\n".join(json.dumps(r) for r in [recs[0], recs[1], recs[1]]) + "\n")
+    _, twins = convert(tmp_path / "twins", h, "promptcblue", duplicate_ids="rename")
+    assert len({r["id"] for r in twins}) == 3
+
+
+def json_row_input(row):
+    """{'input': the user's text, 'id': the record's id} of a converted PromptCBLUE row."""
+    return {"input": row["messages"][0]["content"], "id": row["id"]}
 
 
 # -- deterministic split --------------------------------------------------------------------------

@@ -1,9 +1,10 @@
 """Checks of the config against the base model, run when Snakemake plans the workflow, so that a
 model-dependent mistake stops the run before any job writes anything.
 
-Only a base model on local disk can be checked this early (reading config.json, the tokenizer
-files and the safetensors headers; no weights are loaded). A hub name is checked by the first
-job that needs it (tokenize / train), which fails fast when the hub cannot be reached.
+A base model on local disk is checked by reading config.json, the tokenizer files and the
+safetensors headers (no weights are loaded); the embedded tiny model, which the workflow builds,
+by its tiny_model settings and the Llama module names. A hub name must be in the local cache or
+the hub reachable; the rest of its checks run in the first job that downloads it.
 """
 
 from __future__ import annotations
@@ -11,10 +12,10 @@ from __future__ import annotations
 import functools
 import os
 
-from tuneflow import models
+from tuneflow import models, tiny_model
 from tuneflow.config import STAGES, enabled_stages
 from tuneflow.errors import ConfigError, ModelError
-from tuneflow.plan import RESULTS
+from tuneflow.plan import RESULTS, TINY_MODEL_DIR
 
 
 @functools.lru_cache(maxsize=64)
@@ -33,14 +34,22 @@ def check_base_model(cfg: dict, variant: str = "default"):
     prefix = "" if variant == "default" else f"variants.{variant}."
     spec = cfg["base_model"]
     path = spec["path"]
+    stages = enabled_stages(cfg)
+    if path == TINY_MODEL_DIR:  # built by the workflow: check against what it will be
+        model_cfg = tiny_model.planned_config(cfg["tiny_model"])
+        for stage in stages:
+            check_stage_against_model(cfg["stages"][stage], stage, path, model_cfg, f"{prefix}stages.{stage}",
+                                      modules=tiny_model.LLAMA_MODULES)
+        return
     if path.startswith(f"{RESULTS}/"):
-        return  # built by the workflow (the tiny model): checked by the jobs that use it
+        return  # another workflow output: checked by the jobs that use it
     if not os.path.isdir(path):
         if path.startswith(models.LOCAL_PREFIXES) or not models.HUB_ID.match(path):
             raise ModelError(f"config key '{prefix}base_model.path': model directory '{path}' does not exist")
-        return  # a hub name
+        if not models.cached_hub_model(path, spec.get("revision")):
+            models.check_hub_reachable(path, f"{prefix}base_model.path")
+        return
     model_cfg = models.check_model_dir(path, spec, key=f"{prefix}base_model")
-    stages = enabled_stages(cfg)
     needs_template = any(s in stages for s in ("sft", "dpo")) or any(
         d["format"] != "text" for d in cfg["datasets"].values())
     tok = _tokenizer(path, bool(spec.get("trust_remote_code")))
@@ -48,20 +57,20 @@ def check_base_model(cfg: dict, variant: str = "default"):
         raise ModelError(f"the tokenizer at {path} has no chat template, but config key '{prefix}chat_template' is "
                          "'tokenizer'; set it to a built-in template (chatml, llama2, llama3, alpaca, zephyr)")
     models.check_tokenizer_fits(tok, model_cfg, path)
-    for stage in STAGES:
-        if stage in stages:
-            check_stage_against_model(cfg["stages"][stage], stage, path, model_cfg, f"{prefix}stages.{stage}")
+    for stage in stages:
+        check_stage_against_model(cfg["stages"][stage], stage, path, model_cfg, f"{prefix}stages.{stage}")
 
 
-def check_stage_against_model(st: dict, stage: str, path, model_cfg: dict, key: str):
-    """A stage's settings against its base model (shared by planning and the training job)."""
+def check_stage_against_model(st: dict, stage: str, path, model_cfg: dict, key: str, modules=None):
+    """A stage's settings against its base model (shared by planning and the training job).
+    `modules`: the model's leaf module names (default: read from its safetensors headers)."""
     if st.get("deepspeed") in ("zero3", "zero3_offload") and model_cfg.get("quantization_config"):
         raise ConfigError(f"{key}.deepspeed", f"the base model at {path} is already quantized; ZeRO-3 cannot "
                           "partition quantized checkpoints: use zero2, or an unquantized base with finetuning: qlora")
     if st["finetuning"] == "full" and model_cfg.get("quantization_config"):
         raise ConfigError(f"{key}.finetuning", f"the base model at {path} is quantized; full fine-tuning needs unquantized weights")
     if st["finetuning"] != "full":
-        present = _modules(str(path))
+        present = modules if modules is not None else _modules(str(path))
         targets = st["lora"]["target_modules"]
         for i, name in enumerate([] if targets == "all-linear" else targets):
             if present and name not in present:

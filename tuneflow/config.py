@@ -106,12 +106,12 @@ def _validate_schema(cfg):
         raise ConfigError(key, err.message)
 
 
-NAME_RE = re.compile(r"^(?!.*\.\.)[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+NAME_RE = re.compile(r"(?!.*\.\.)[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
 
 def check_name(name, key):
     """Dataset and variant names become path components: no separators, no '..'."""
-    if not isinstance(name, str) or not NAME_RE.match(name):
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise ConfigError(key, f"name {name!r} cannot be used in result paths: use letters, digits, '_', '-' and '.', "
                                "without '/', '\\' or '..'")
 

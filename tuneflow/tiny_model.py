@@ -14,6 +14,15 @@ from tuneflow.io import atomic_dir
 from tuneflow.templates import CHATML
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>"]
+# Leaf module names of LlamaForCausalLM (tests/test_tiny_model.py checks them against a built model):
+# the config is checked against them when Snakemake plans, before the model exists.
+LLAMA_MODULES = frozenset({"embed_tokens", "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
+                           "input_layernorm", "post_attention_layernorm", "norm", "lm_head"})
+
+
+def planned_config(settings: dict) -> dict:
+    """The parts of config.json the planning checks read, from the tiny_model settings."""
+    return {"model_type": "llama", "max_position_embeddings": settings["max_position_embeddings"]}
 
 
 def _strings(value):
@@ -70,5 +79,5 @@ def build_tiny_model(settings: dict, corpus, out_dir, seed: int = 42) -> dict:
     n_params = sum(p.numel() for p in model.parameters())
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp, save_jinja_files=False)  # the chat template inside tokenizer_config.json
     return {"parameters": n_params, "vocab_size": len(tokenizer)}

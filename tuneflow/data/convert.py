@@ -87,18 +87,21 @@ def convert_dataset(spec: dict, out_dir) -> dict:
                 here = f"{Path(raw.path).name} " + (f"line {raw.line}" if raw.line is not None else f"record {raw.index}")
                 if sample_id in seen_ids:
                     if rename_ids:
-                        # Published PromptCBLUE-style files reuse ids for unrelated records: keep them all.
+                        # Published PromptCBLUE-style files reuse ids for unrelated records: keep them all,
+                        # under an id derived from the content, so that neither the new id nor the
+                        # split depends on where the record sits in the file.
+                        renamed = f"{sample_id}#{record_key({k: v for k, v in rec.items() if k != 'meta'})[4:12]}"
                         n = 2
-                        while f"{sample_id}#{n}" in seen_ids:
-                            n += 1
+                        while renamed in seen_ids:  # the same content under the same id again
+                            renamed, n = f"{renamed.split('~')[0]}~{n}", n + 1
                         counts["renamed_ids"] += 1
-                        sample_id = rec["meta"]["sample_id"] = f"{sample_id}#{n}"
+                        sample_id = rec["meta"]["sample_id"] = renamed
                         key = record_key(rec)
                     else:
                         drop(raw, f"duplicate sample_id '{sample_id}' (first seen at {seen_ids[sample_id]})",
                              category="duplicate sample_id",
                              hint=f"ids must be unique: evaluation matches predictions to gold records by id; set "
-                                  f"datasets.{name}.duplicate_ids: rename to keep such records as '<id>#2', ...")
+                                  f"datasets.{name}.duplicate_ids: rename to keep such records as '<id>#<content hash>'")
                         continue
                 seen_ids[sample_id] = here
             if max_records and counts["kept"] >= max_records:

@@ -186,8 +186,10 @@ document.querySelectorAll('table').forEach((t, i) => {
   const rows = Array.from(t.tBodies).flatMap(b => Array.from(b.rows));
   const visible = rows.filter(r => { const [w, h] = box(r); return w > 0 && h > 0; });
   const [w, h] = box(t);
+  const head = t.tHead ? Array.from(t.tHead.rows[0].cells).map(c => c.innerText.trim()) : [];
+  const cells = visible.map(r => Array.from(r.cells).map(c => [c.innerText.trim(), c.className]));
   tables[t.id || ('table-' + i)] = {rows: rows.length, visible_rows: visible.length,
-                                     width: w, height: h, classes: t.className};
+                                     width: w, height: h, classes: t.className, head: head, cells: cells};
 });
 const svgs = Array.from(document.querySelectorAll('svg')).map(s => {
   const [w, h] = box(s);

@@ -42,9 +42,9 @@ def planned_jobs(workdir, configs=()) -> set[tuple[str, str]]:
 
 
 def summary(workdir) -> dict:
-    """(variant, model, dataset, metric) -> value from results/eval/summary.tsv."""
+    """(variant, stage, dataset, metric) -> value from results/eval/summary.tsv."""
     with open(Path(workdir) / "results" / "eval" / "summary.tsv", encoding="utf-8") as f:
-        return {(r["variant"], r["model"], r["dataset"], r["metric"]): float(r["value"]) for r in csv.DictReader(f, delimiter="\t")}
+        return {(r["variant"], r["stage"], r["dataset"], r["metric"]): float(r["value"]) for r in csv.DictReader(f, delimiter="\t")}
 
 
 def loss_log(adapter_dir) -> list[dict]:

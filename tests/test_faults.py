@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BIN, env_with_venv
+from conftest import BIN, env_with_venv, skip_or_fail
 from pipeline import CI_CONFIG, copy_project, load_tensors, max_abs_diff, run_ci, train_info
 
 pytestmark = [pytest.mark.fault, pytest.mark.slow]
@@ -166,7 +166,7 @@ def _mount_tmpfs(path: Path, size="64m"):
     path.mkdir(parents=True, exist_ok=True)
     proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True, text=True)
     if proc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs to simulate a full / read-only disk: {proc.stderr.strip()}")
+        skip_or_fail(f"cannot mount a tmpfs to simulate a full / read-only disk: {proc.stderr.strip()}")
 
 
 def _fill(path: Path):
@@ -212,6 +212,32 @@ def test_storage_failure_while_saving_keeps_the_previous_checkpoint(demo_run, sf
         assert max_abs_diff(reference_sft(demo_run), load_tensors(adapter / "adapter_model.safetensors")) <= RESUME_TOLERANCE
     finally:
         subprocess.run(["umount", "-l", str(work_root)], capture_output=True)
+
+
+def test_disk_full_while_writing_the_outputs_leaves_nothing_and_the_rerun_resumes(demo_run, sft_project):
+    """Training finishes, then the disk holding results/adapters is full when the adapter is written."""
+    adapters = sft_project / "results" / "adapters"
+    saved = sft_project / "adapters-before"
+    shutil.move(adapters, saved)
+    _mount_tmpfs(adapters)
+    try:
+        subprocess.run(["cp", "-a", f"{saved}/.", str(adapters)], check=True)  # the other stages' outputs, mtimes kept
+        _fill(adapters)
+        proc = start(sft_project, "results/adapters/sft")
+        assert proc.wait(timeout=600) != 0
+        log = (sft_project / "logs" / "train_sft.log").read_text()
+        assert ("tuneflow: error: writing the stage's outputs to results/adapters/sft failed: No space left on device "
+                "(errno 28); nothing was left there, and the last complete checkpoint results/work/sft/checkpoint-") in log, log[-4000:]
+        assert sorted(p.name for p in adapters.iterdir()) == ["dpo", "filler", "pt"]  # no staging directory left
+        last = step(complete_checkpoints(sft_project / "results" / "work" / "sft")[-1])
+
+        (adapters / "filler").unlink()
+        run_ci(sft_project, "results/adapters/sft")
+        adapter = adapters / "sft"
+        assert train_info(adapter)["resumed_from_step"] == last
+        assert max_abs_diff(reference_sft(demo_run), load_tensors(adapter / "adapter_model.safetensors")) <= RESUME_TOLERANCE
+    finally:
+        subprocess.run(["umount", "-l", str(adapters)], capture_output=True)
 
 
 def test_killing_snakemake_mid_run_then_rerunning(demo_run, tmp_path):

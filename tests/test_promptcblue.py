@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import skip_or_fail
 from tuneflow.errors import DataError
 from tuneflow.eval import promptcblue as pc
 from tuneflow.eval.promptcblue import basic_tokenize, evaluate_files, pair_predictions, parse_answer, score
@@ -19,9 +20,13 @@ TOY = SHARED / "promptcblue" / "toy_examples"
 WE1K = SHARED / "promptcblue_aug_we1k"
 CLI = REPO / "scripts" / "evaluate.py"
 
-needs_shared = pytest.mark.skipif(
-    not TOY.is_dir() or not WE1K.is_dir(),
-    reason=f"shared PromptCBLUE data not found at {SHARED} (expected <repo>/../shared/data)")
+@pytest.fixture
+def needs_shared_data():
+    if not TOY.is_dir() or not WE1K.is_dir():
+        skip_or_fail(f"shared PromptCBLUE data not found at {SHARED} (expected <repo>/../shared/data)")
+
+
+needs_shared = pytest.mark.usefixtures("needs_shared_data")
 
 approx = pytest.approx
 
@@ -255,6 +260,27 @@ def test_text2dt_tree_edit_ratio():
     # root-to-leaf paths: tree 1 right path equal, left not; tree 2 single path equal -> 2 of 3 and 3
     assert t["path_f1"] == approx(100 * 2 / 3, abs=1e-3)
     assert t["primary"] == "tree_edit_ratio"
+
+
+def test_text2dt_leaf_against_a_subtree_costs_the_whole_subtree():
+    gold = (HEAD + "节点1：role=C；logical_rel=null；triples=[('患者', '临床表现', '发热')]\n"
+                   "节点2：role=D；logical_rel=null；triples=[('患者', '药物', '布洛芬')]\n"
+                   "节点3：role=D；logical_rel=null；triples=[('患者', '药物', '阿司匹林')]")
+    pred = HEAD + "节点1：role=D；logical_rel=null；triples=[('患者', '临床表现', '发热')]"
+    t = run([rec("Text2DT", gold, "d1")], [pred])["tasks"]["Text2DT"]
+    # root: role D vs C (1) + same triple (0); gold's two leaves deleted, each against an empty
+    # node: role (1) + one triple (1) -> 1 + 2 + 2 = 5; max = (1 + 2*1) + (3 + 2*3) = 12
+    assert t["tree_edit_ratio"] == approx(100 * (1 - 5 / 12))
+
+
+def test_perfect_predictions_score_100_on_the_tasks_without_shared_data():
+    golds = [rec("Text2DT", HEAD + "节点1：role=C；logical_rel=or；triples=[('患者', '临床表现', '发热'), ('患者', '临床表现', '咳嗽')]\n"
+                                   "节点2：role=D；logical_rel=null；triples=[('患者', '药物', '布洛芬')]\n"
+                                   "节点3：role=D；logical_rel=null；triples=[]", "t1"),
+             rec("CMedCausal", "根据给定的文本抽取的因果关系三元组如下：\n头实体：吸烟；尾实体：肺癌\n"
+                               "根据给定的文本抽取的条件关系三元组如下：\n头实体：高龄；尾三元组：头实体：吸烟；尾实体：肺癌；关系：因果关系", "c1")]
+    tasks = run(golds, [g["target"] for g in golds])["tasks"]
+    assert tasks["Text2DT"]["score"] == approx(100.0) and tasks["CMedCausal"]["score"] == approx(100.0)
 
 
 def test_text2dt_template_quirks():

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, SHARED, make_workdir, snakemake
+from conftest import REPO, SHARED, make_workdir, skip_or_fail, snakemake
 from tuneflow import config
 from tuneflow.plan import Plan
 
@@ -19,7 +19,7 @@ SMOKE = "tests/config/recipe-smoke.yaml"
 
 def needs_shared():
     if not SHARED.exists():
-        pytest.skip(f"the presets read their data from ../shared/data, not found at {SHARED}")
+        skip_or_fail(f"the presets read their data from ../shared/data, not found at {SHARED}")
 
 
 def test_there_is_one_preset_per_seed_system():

@@ -427,3 +427,12 @@ def test_cli(tmp_path):
     src.write_text(json.dumps(small_bundle()), encoding="utf-8")
     assert report.main([str(src), str(tmp_path / "out" / "index.html")]) == 0
     assert "<svg" in (tmp_path / "out" / "index.html").read_text(encoding="utf-8")
+
+
+def test_provenance_is_what_each_stage_recorded_when_it_trained():
+    from tuneflow.summary import merge_per_stage
+
+    merged = merge_per_stage([("pt", {"torch": "2.13.0", "hostname": "n1", "gpus": []}),
+                              ("sft", {"torch": "2.13.0", "hostname": "n2", "gpus": []}),
+                              ("r8/sft", {"torch": "2.14.1", "hostname": "n2", "gpus": []})])
+    assert merged == {"torch": "2.13.0 (pt, sft); 2.14.1 (r8/sft)", "hostname": "n1 (pt); n2 (sft, r8/sft)", "gpus": []}

@@ -6,6 +6,7 @@ import random
 import pytest
 
 from browser import browser_missing, render_and_inspect
+from conftest import skip_or_fail
 from tuneflow.report import write_report
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(120)]
@@ -72,7 +73,7 @@ def realistic_bundle(n_log=100, seed=0):
 def rendered(tmp_path_factory):
     why = browser_missing()
     if why:
-        pytest.skip(why)
+        skip_or_fail(why)
     out = tmp_path_factory.mktemp("report")
     page = write_report(realistic_bundle(), out / "index.html")
     info = render_and_inspect(page, out / "report.png")
@@ -119,7 +120,7 @@ def test_screenshot_is_not_blank(rendered):
 def test_empty_bundle_renders_in_browser(tmp_path):
     why = browser_missing()
     if why:
-        pytest.skip(why)
+        skip_or_fail(why)
     page = write_report({}, tmp_path / "index.html")
     info = render_and_inspect(page, tmp_path / "empty.png")
     assert info["tables"] == {} and info["svgs"] == []

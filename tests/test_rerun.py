@@ -90,3 +90,23 @@ def test_a_variant_changing_only_dpo_beta_reuses_pt_and_sft(project):
     assert planned_jobs(project, configs=[change]) == {
         ("train_dpo", "results/variants/beta03/adapters/dpo"), ("merge", "results/variants/beta03/merged/dpo"),
         ("evaluate", "results/variants/beta03/eval/dpo")} | REPORTING
+
+
+def test_editing_the_deepspeed_config_reruns_the_stages_that_use_it(project):
+    """tests/config/ci.yaml trains every stage under zero2: all three rerun, data and base eval do not."""
+    ds = project / "config" / "deepspeed" / "zero2.json"
+    before = ds.read_text()
+    ds.write_text(before.replace('"allgather_bucket_size": 200000000', '"allgather_bucket_size": 100000000'))
+    assert ds.read_text() != before
+    future = time.time() + 5
+    os.utime(ds, (future, future))
+    jobs = planned_jobs(project)
+    assert jobs == {("train_pt", "results/adapters/pt"), ("merge", "results/merged/pt"), ("evaluate", "results/eval/pt")} \
+        | DOWNSTREAM_OF_SFT
+
+
+def test_more_ranks_retrain_but_another_partition_or_time_limit_does_not(project):
+    more = overlay(project, {"stages": {"sft": {"resources": {"nodes": 2}}}})  # twice the global batch
+    assert planned_jobs(project, configs=[more]) == DOWNSTREAM_OF_SFT
+    longer = overlay(project, {"stages": {"sft": {"resources": {"runtime": 999, "mem_mb": 12000}}}})
+    assert planned_jobs(project, configs=[longer]) == REPORTING  # the report shows the whole config

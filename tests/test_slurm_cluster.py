@@ -121,7 +121,7 @@ def test_launch_in_the_plugins_job_step_uses_the_jobs_nodes(fake_scontrol):
     cmd = launch.build_command("train.py", [], nproc_per_node=8, nnodes=2, env=env)
     assert cmd[:4] == ["srun", "--overlap", "--nodes=2", "--ntasks=2"]
     assert "--cpus-per-task=16" in cmd and "--kill-on-bad-exit=1" not in cmd
-    assert "--rdzv-endpoint=gpu07:29500" in cmd and "--rdzv-id=42" in cmd and "--nnodes=2" in cmd
+    assert "--rdzv-endpoint=gpu07:20042" in cmd and "--rdzv-id=42" in cmd and "--nnodes=2" in cmd
 
 
 def test_launch_in_the_batch_script_runs_torchrun_in_its_own_step(fake_scontrol):
@@ -129,10 +129,16 @@ def test_launch_in_the_batch_script_runs_torchrun_in_its_own_step(fake_scontrol)
     env = {"SLURM_JOB_ID": "42"}
     fake_scontrol.clear()
     cmd = launch.build_command("train.py", [], nproc_per_node=8, env=env)
-    assert cmd[0] == "srun" and "--nodes=2" in cmd and "--rdzv-endpoint=gpu07:29500" in cmd
+    assert cmd[0] == "srun" and "--nodes=2" in cmd and "--rdzv-endpoint=gpu07:20042" in cmd
     one = {"SLURM_JOB_ID": "43", "SLURM_JOB_NUM_NODES": "1", "SLURM_CPUS_PER_TASK": "4"}
     cmd = launch.build_command("train.py", [], nproc_per_node=2, env=one)
     assert cmd[:3] == ["srun", "--overlap", "--nodes=1"] and "--standalone" in cmd and "--cpus-per-task=4" in cmd
+
+
+def test_rendezvous_port_differs_between_jobs():
+    assert launch.rendezvous_port("42") == 20042 and launch.rendezvous_port("1234567") == 24567
+    assert len({launch.rendezvous_port(str(j)) for j in range(1000, 1100)}) == 100
+    assert all(20000 <= launch.rendezvous_port(str(j)) < 30000 for j in (1, 9999, 10000, 99999999))
 
 
 def test_launch_refuses_a_node_count_the_job_does_not_have(fake_scontrol):

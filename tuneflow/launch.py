@@ -5,7 +5,7 @@ local jobs never collide). Inside a Slurm job (SLURM_JOB_ID set) torchrun runs i
 its own, one torchrun per node, each starting `nproc_per_node` ranks:
   srun --overlap --nodes=N --ntasks=N --ntasks-per-node=1 --cpus-per-task=C --kill-on-bad-exit=0
        --wait=<shutdown_timeout + 60> torchrun --nnodes=N --nproc-per-node=P --rdzv-backend=c10d
-       --rdzv-endpoint=<first node of the job>:<port> --rdzv-id=<SLURM_JOB_ID>   (N > 1)
+       --rdzv-endpoint=<first node of the job>:<20000 + job id % 10000> --rdzv-id=<SLURM_JOB_ID>   (N > 1)
        torchrun --standalone --nnodes=1 --nproc-per-node=P                       (N = 1)
 where N, the node list and C are the JOB's (`scontrol show job`, or SLURM_JOB_NUM_NODES /
 SLURM_JOB_NODELIST / SLURM_CPUS_PER_TASK in a batch script).
@@ -98,7 +98,13 @@ def _slurm_cpus_per_task(env) -> str | None:
     return value if value.isdigit() else None
 
 
-def build_command(script, script_args, nproc_per_node=1, nnodes=1, port=29500, shutdown_timeout=300, env=None):
+def rendezvous_port(job_id: str) -> int:
+    """A port per job (20000-29999, below Linux's ephemeral range), so two multi-node jobs that
+    share a first node never meet in, or fight over, the same c10d store."""
+    return 20000 + int(job_id) % 10000
+
+
+def build_command(script, script_args, nproc_per_node=1, nnodes=1, port=None, shutdown_timeout=300, env=None):
     env = os.environ if env is None else env
     torchrun = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc_per_node}",
                 f"--signals-to-handle={FORWARDED_SIGNALS}", f"--shutdown-timeout={shutdown_timeout}"]
@@ -127,6 +133,7 @@ def build_command(script, script_args, nproc_per_node=1, nnodes=1, port=29500, s
         if nnodes == 1:
             return [*srun, *torchrun, "--standalone", "--nnodes=1", script, *script_args]
         head = slurm_head_node(env)
+        port = port or rendezvous_port(env["SLURM_JOB_ID"])
         return [*srun, *torchrun, f"--nnodes={nnodes}", "--rdzv-backend=c10d", f"--rdzv-endpoint={head}:{port}",
                 f"--rdzv-id={env['SLURM_JOB_ID']}", script, *script_args]
     return [*torchrun, "--standalone", "--nnodes=1", script, *script_args]
@@ -136,7 +143,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--nproc-per-node", type=int, default=1)
     p.add_argument("--nnodes", type=int, default=1)
-    p.add_argument("--port", type=int, default=29500)
+    p.add_argument("--port", type=int, default=None, help="c10d rendezvous port (default: derived from SLURM_JOB_ID)")
     p.add_argument("--shutdown-timeout", type=int, default=300)
     p.add_argument("script")
     p.add_argument("args", nargs=argparse.REMAINDER)

@@ -17,6 +17,7 @@ import copy
 import hashlib
 import json
 
+from tuneflow.cluster import processes_per_node
 from tuneflow.config import DEFAULT_VARIANT, STAGES, enabled_stages, stage_datasets
 
 RESULTS = "results"
@@ -74,6 +75,9 @@ class Plan:
             own.pop("quantization", None)  # not used, so not a reason to rerun
         if own["finetuning"] == "full":
             own.pop("lora", None)
+        # The number of ranks sets the global batch, so it is part of what the result depends on;
+        # the rest of the resources block (partition, memory, time) is not.
+        own["world_size"] = st["resources"]["nodes"] * processes_per_node(st["resources"])
         return own
 
     def lineage(self, variant, stage) -> dict:

@@ -179,7 +179,7 @@ def pivot_summary(summary) -> dict:
     for row in summary or []:
         if not isinstance(row, dict):
             continue
-        model = row.get("model") or row.get("stage")
+        model = row.get("stage") or row.get("model")
         metric, dataset = row.get("metric"), row.get("dataset")
         if model is None or metric is None:
             continue

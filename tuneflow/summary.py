@@ -15,13 +15,16 @@ LOWER_IS_BETTER = {"eval_loss": "lower", "perplexity": "lower"}
 
 
 def summary_rows(jobs):
-    """jobs: (variant, model, dataset, path) of every evaluation; a variant that reuses the default's
-    evaluation of a model lists it under its own name too, so every variant has complete rows."""
+    """jobs: (variant, stage, dataset, path) of every evaluation; a variant that reuses the default's
+    evaluation of a model lists it under its own name too, so every variant has complete rows.
+    `model` is the directory (or hub name) of the model evaluated, `stage` which one it is (base,
+    pt, sft, dpo)."""
     rows = []
-    for variant, model, dataset, path in jobs:
+    for variant, stage, dataset, path in jobs:
         res = read_json(path)
+        model = res["settings"]["model"]["path"]
         for metric, value in sorted(res["metrics"].items()):
-            rows.append({"model": model, "stage": model, "variant": variant, "dataset": dataset,
+            rows.append({"model": model, "stage": stage, "variant": variant, "dataset": dataset,
                          "metric": metric, "value": value})
     return rows
 
@@ -48,13 +51,29 @@ def _git(*args, cwd=None):
         return None
 
 
+def merge_per_stage(recorded) -> dict:
+    """[(stage label, {key: value})] -> {key: value}, or 'value (stages); other (stages)' where the
+    stages recorded different values (say, training on another node or software version)."""
+    merged = {}
+    for key in dict.fromkeys(k for _, d in recorded for k in d):
+        by_value = {}
+        for label, d in recorded:
+            if key in d:
+                by_value.setdefault(repr(d[key]), (d[key], []))[1].append(label)
+        if len(by_value) == 1:
+            merged[key] = next(iter(by_value.values()))[0]
+        else:
+            merged[key] = "; ".join(f"{v} ({', '.join(labels)})" for v, labels in by_value.values())
+    return merged
+
+
 def build_bundle(summary_path, eval_jobs, trained, configs, repo_dir, title="tuneflow report") -> dict:
     """trained: (variant, stage, adapter_dir); configs: variant -> effective config."""
     from tuneflow.train.common import versions
 
     training, wall = [], []
     data_seen = {}
-    hardware = {}
+    packages, hardware = [], []  # what each stage recorded when it trained, not what the report runs with
     for variant, stage, adapter_dir in trained:
         info = read_json(Path(adapter_dir) / "train_info.json")
         log = read_json(Path(adapter_dir) / "loss_log.json")
@@ -62,7 +81,9 @@ def build_bundle(summary_path, eval_jobs, trained, configs, repo_dir, title="tun
                          "info": {k: info.get(k) for k in ("wall_time_s", "train_runtime_s", "world_size", "train_tokens",
                                                            "steps", "resumed_from_step", "deepspeed")}})
         wall.append({"variant": variant, "stage": stage, "seconds": info.get("wall_time_s")})
-        hardware = info.get("hardware") or hardware
+        label = stage if variant == "default" else f"{variant}/{stage}"
+        packages.append((label, info.get("versions") or {}))
+        hardware.append((label, info.get("hardware") or {}))
         for d in info.get("data", []):
             data_seen[d["dataset"]] = {"dataset": d["dataset"], "files": d["sources"],
                                        "kept": d["counts"]["kept"], "dropped": d["counts"]["dropped"]}
@@ -84,6 +105,7 @@ def build_bundle(summary_path, eval_jobs, trained, configs, repo_dir, title="tun
         "promptcblue": promptcblue,
         "configs": configs,
         "provenance": {"git_commit": commit, "git_dirty": bool(dirty) if dirty is not None else None,
-                       "packages": versions(), "hardware": hardware, "data": list(data_seen.values()),
+                       "packages": merge_per_stage(packages) if packages else versions(),
+                       "hardware": merge_per_stage(hardware), "data": list(data_seen.values()),
                        "wall_time": wall},
     }

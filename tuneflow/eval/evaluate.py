@@ -12,6 +12,7 @@ Predictions are written as JSONL next to the scores.
 
 from __future__ import annotations
 
+import datetime
 import json
 import math
 import os
@@ -19,7 +20,12 @@ import sys
 import time
 from pathlib import Path
 
-
+# Rank 0 scores and writes every dataset while the others wait at a barrier, and shards are
+# uneven: far longer than the 10-minute default of the process group.
+DIST_TIMEOUT_S = 7200
+# At most this many logits (batch x length x vocab) per forward pass when scoring, so a 150k
+# vocabulary and long samples do not multiply into tens of GB.
+LOGIT_BUDGET = 2**27
 
 def _dist():
     import torch
@@ -30,7 +36,7 @@ def _dist():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         if torch.cuda.is_available():
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group(backend)
+        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=DIST_TIMEOUT_S))
     return int(os.environ.get("RANK", "0")), world
 
 
@@ -70,14 +76,30 @@ def _batches(items, size):
         yield items[i:i + size]
 
 
+def _scoring_batches(rows, batch_size, vocab):
+    """Consecutive batches of at most batch_size rows and about LOGIT_BUDGET logits."""
+    batch, width = [], 0
+    for row in rows:
+        w = max(width, len(row[0]))
+        if batch and (len(batch) == batch_size or (len(batch) + 1) * w * vocab > LOGIT_BUDGET):
+            yield batch
+            batch, w = [], len(row[0])
+        batch.append(row)
+        width = w
+    if batch:
+        yield batch
+
+
 def sequence_logps(model, tokenizer, rows, batch_size, device):
     """For (input_ids, labels) rows (-100 = not scored): summed log-prob of the scored tokens and
-    their count. Right padding; labels are predicted from the previous position."""
+    their count. Right padding; labels are predicted from the previous position. Logits are
+    upcast to float32 one row at a time."""
     import torch
+    import torch.nn.functional as F
 
     out = []
     pad = tokenizer.pad_token_id
-    for batch in _batches(rows, batch_size):
+    for batch in _scoring_batches(rows, batch_size, model.config.get_text_config().vocab_size):
         width = max(len(ids) for ids, _ in batch)
         ids = torch.full((len(batch), width), pad, dtype=torch.long)
         mask = torch.zeros_like(ids)
@@ -88,12 +110,12 @@ def sequence_logps(model, tokenizer, rows, batch_size, device):
             labels[i, :len(lab)] = torch.tensor(lab)
         ids, mask, labels = ids.to(device), mask.to(device), labels.to(device)
         with torch.no_grad():
-            logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
-        tgt = labels[:, 1:]
-        logp = torch.log_softmax(logits, dim=-1)
-        tok = torch.gather(logp, 2, tgt.clamp(min=0).unsqueeze(-1)).squeeze(-1) * (tgt != -100)
-        for i in range(len(batch)):
-            out.append((tok[i].sum().item(), int((tgt[i] != -100).sum().item())))
+            logits = model(input_ids=ids, attention_mask=mask).logits
+            for i in range(len(batch)):
+                tgt = labels[i, 1:]
+                nll = F.cross_entropy(logits[i, :-1].float(), tgt, ignore_index=-100, reduction="sum")
+                out.append((-nll.item(), int((tgt != -100).sum().item())))
+        del logits
     return out
 
 
@@ -121,6 +143,19 @@ def generate(model, tokenizer, prompts, settings, device):
             cut = next((i for i, t in enumerate(ids) if t in stops), len(ids))
             results.append(tokenizer.decode(ids[:cut], skip_special_tokens=True).strip())
     return results
+
+
+def preference_metrics(pairs, beta=None) -> dict:
+    """pairs: summed log-probs of each pair's chosen / rejected response under the model (and, for
+    a DPO model, under its reference). logp_accuracy: chosen more likely than rejected. With a
+    reference, DPO's implicit reward beta * (logp - ref_logp): preference_accuracy (chosen rewarded
+    more) and the mean reward margin (chosen minus rejected)."""
+    out = {"logp_accuracy": 100.0 * sum(e["chosen"] > e["rejected"] for e in pairs) / len(pairs)}
+    if "ref_chosen" in pairs[0]:
+        margins = [beta * ((e["chosen"] - e["ref_chosen"]) - (e["rejected"] - e["ref_rejected"])) for e in pairs]
+        out["preference_accuracy"] = 100.0 * sum(m > 0 for m in margins) / len(margins)
+        out["reward_margin"] = sum(margins) / len(margins)
+    return out
 
 
 def evaluate_dataset(model, tokenizer, ref_model, settings, name, fmt, data_dir, rank, world, device):
@@ -202,12 +237,7 @@ def evaluate_dataset(model, tokenizer, ref_model, settings, name, fmt, data_dir,
         result["metrics"]["promptcblue_overall"] = scores["overall"]
     pref = [e for g in gathered for e in g["pref"]]
     if pref:
-        result["metrics"]["logp_accuracy"] = 100.0 * sum(e["chosen"] > e["rejected"] for e in pref) / len(pref)
-        if "ref_chosen" in pref[0]:
-            beta = settings["beta"]
-            margins = [beta * ((e["chosen"] - e["ref_chosen"]) - (e["rejected"] - e["ref_rejected"])) for e in pref]
-            result["metrics"]["preference_accuracy"] = 100.0 * sum(m > 0 for m in margins) / len(margins)
-            result["metrics"]["reward_margin"] = sum(margins) / len(margins)
+        result["metrics"].update(preference_metrics(pref, settings.get("beta")))
     result["wall_time_s"] = round(time.time() - started, 2)
     return result, predictions
 

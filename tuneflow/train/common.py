@@ -259,14 +259,28 @@ def setup_distributed(training_args):
     return device
 
 
-def prepare_work_dir(work_dir, settings: dict) -> str | None:
-    """Return the checkpoint to resume from, or None. Checkpoints of other settings are discarded."""
+def inputs_fingerprint(paths) -> list:
+    """(path, size, mtime) of every file under the stage's inputs (tokenized data, base model).
+    Snakemake rewrites an input only when what it depends on changed, so a changed stamp means the
+    checkpoints were trained on something else; hashing gigabytes of weights at start-up is avoided."""
+    stamps = []
+    for root in map(Path, paths):
+        files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
+        for f in files:
+            st = f.stat()
+            stamps.append([str(f), st.st_size, st.st_mtime_ns])
+    return stamps
+
+
+def prepare_work_dir(work_dir, settings: dict, inputs) -> str | None:
+    """Return the checkpoint to resume from, or None. Checkpoints written with other settings or
+    other inputs (`inputs`: the data and base model paths) are discarded."""
     work = Path(work_dir)
-    fingerprint = json.dumps(settings, sort_keys=True)
+    fingerprint = json.dumps({"settings": settings, "inputs": inputs_fingerprint(inputs)}, sort_keys=True)
     stamp = work / "settings.json"
     if is_main():
         if stamp.exists() and stamp.read_text() != fingerprint:
-            log(f"settings changed since the checkpoints in {work} were written: starting over")
+            log(f"settings or inputs changed since the checkpoints in {work} were written: starting over")
             shutil.rmtree(work)
         work.mkdir(parents=True, exist_ok=True)
         stamp.write_text(fingerprint)
@@ -352,6 +366,13 @@ def storage_error(exc: BaseException) -> tuple[int, str] | None:
     return None
 
 
+def _resume_note(work_dir) -> str:
+    done = sorted((c for c in Path(work_dir).glob("checkpoint-*") if (c / COMPLETE_MARKER).exists()),
+                  key=lambda c: int(c.name.split("-")[-1]))
+    return f"the last complete checkpoint {done[-1]} is intact and a rerun resumes from it" if done else \
+        "no complete checkpoint exists yet"
+
+
 def train(trainer, resume_from, work_dir, preemption):
     """Run trainer.train(), turning a failed write into a clear error; exit 143 when preempted."""
     if resume_from:
@@ -363,11 +384,7 @@ def train(trainer, resume_from, work_dir, preemption):
         if failure is None:
             raise
         code, what = failure
-        done = sorted((c for c in Path(work_dir).glob("checkpoint-*") if (c / COMPLETE_MARKER).exists()),
-                      key=lambda c: int(c.name.split("-")[-1]))
-        keep = f"the last complete checkpoint {done[-1]} is intact and a rerun resumes from it" if done else \
-            "no complete checkpoint exists yet"
-        raise TuneflowError(f"saving a checkpoint in {work_dir} failed: {what} (errno {code}); {keep}") from None
+        raise TuneflowError(f"saving a checkpoint in {work_dir} failed: {what} (errno {code}); {_resume_note(work_dir)}") from None
     if preemption.stopped:
         log("checkpoint saved after a stop signal; exiting so the job can be retried")
         sys.exit(PREEMPTED_EXIT_CODE)
@@ -437,6 +454,20 @@ def finalize(trainer, tokenizer, settings, args, started, resumed_from, extra_in
     to the declared output; then remove the checkpoints. Every rank must call this (ZeRO-3 gathers)."""
     out = Path(args.output)
     staging = out.parent / f".{out.name}.tmp-staging"
+    try:
+        _write_outputs(trainer, tokenizer, settings, args, started, resumed_from, extra_info, staging, out)
+    except Exception as e:
+        failure = storage_error(e)
+        if failure is None:
+            raise
+        if is_main():
+            shutil.rmtree(staging, ignore_errors=True)
+        code, what = failure
+        raise TuneflowError(f"writing the stage's outputs to {out} failed: {what} (errno {code}); nothing was left "
+                            f"there, and {_resume_note(args.work_dir)}") from None
+
+
+def _write_outputs(trainer, tokenizer, settings, args, started, resumed_from, extra_info, staging: Path, out: Path):
     if is_main():
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)

@@ -49,7 +49,7 @@ def main(argv=None):
         label_smoothing=settings["label_smoothing"],
     )
     common.setup_distributed(dpo_args)
-    resume_from = common.prepare_work_dir(args.work_dir, settings)
+    resume_from = common.prepare_work_dir(args.work_dir, settings, [*args.data, base_dir])
     model = common.load_base_model(base_dir, spec, settings, model_cfg)
     ref_model = None
     if settings["finetuning"] == "full":

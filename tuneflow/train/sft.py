@@ -45,7 +45,7 @@ def main(argv=None):
         dataset_num_proc=None,
     )
     common.setup_distributed(sft_args)
-    resume_from = common.prepare_work_dir(args.work_dir, settings)
+    resume_from = common.prepare_work_dir(args.work_dir, settings, [*args.data, base_dir])
     model = common.load_base_model(base_dir, spec, settings, model_cfg)
     callbacks = common.make_callbacks(settings)
     trainer = SFTTrainer(model=model, args=sft_args, train_dataset=train_ds, eval_dataset=eval_ds,

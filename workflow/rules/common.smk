@@ -84,6 +84,7 @@ def train_inputs(stage):
     def inputs(w):
         v = variant(w)
         data = PLAN.tokenized_dirs(v, stage)
+        deepspeed = tuneflow_config.deepspeed_config_path(PLAN.stage_own_settings(v, stage).get("deepspeed"))
         return {
             "launcher": src("scripts/launch.py"),
             "script": src("scripts/train.py"),
@@ -91,6 +92,8 @@ def train_inputs(stage):
             "converted": [f"results/data/{d.split('/')[2]}" for d in data],
             "base": model_inputs(PLAN.stage_base_spec(v, stage)),
             "code": code("tuneflow/launch.py", "tuneflow/train/common.py", f"tuneflow/train/{stage}.py", "tuneflow/models.py"),
+            # editing the DeepSpeed JSON the stage uses reruns it
+            "deepspeed": [os.path.relpath(deepspeed)] if deepspeed else [],
         }
 
     return inputs

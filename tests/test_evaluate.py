@@ -1,0 +1,67 @@
+"""The evaluation primitives on a tiny model: log-probs (batched, budgeted, against a hand
+computation), batched left-padded greedy generation (the same as one prompt at a time) and the
+preference metrics on hand numbers."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from conftest import REPO
+from tuneflow.eval import evaluate as ev
+from tuneflow.tiny_model import build_tiny_model
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = tmp_path_factory.mktemp("tiny") / "model"
+    build_tiny_model({"vocab_size": 400, "hidden_size": 32, "intermediate_size": 64, "num_layers": 2, "num_heads": 4,
+                      "num_kv_heads": 2, "max_position_embeddings": 128}, [REPO / "resources" / "demo" / "sft_alpaca.json"], out)
+    return AutoModelForCausalLM.from_pretrained(out).eval(), AutoTokenizer.from_pretrained(out)
+
+
+def test_sequence_logps_match_a_hand_computation_whatever_the_batching(tiny, monkeypatch):
+    model, tok = tiny
+    rows = [([5, 9, 14, 20, 3], [-100, -100, 14, 20, 3]), ([7, 8], [-100, 8]), ([30, 31, 32, 33, 34, 35, 36], [30, 31, 32, 33, 34, 35, 36])]
+    expected = []
+    for ids, labels in rows:
+        with torch.no_grad():
+            logp = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0].float(), -1)
+        scored = [(t, labels[t]) for t in range(1, len(ids)) if labels[t] != -100]
+        expected.append((sum(logp[t - 1, lab].item() for t, lab in scored), len(scored)))
+    for batch_size in (1, 3):
+        got = ev.sequence_logps(model, tok, rows, batch_size, "cpu")
+        assert [n for _, n in got] == [n for _, n in expected]
+        assert all(math.isclose(a, b, rel_tol=1e-5, abs_tol=1e-4) for (a, _), (b, _) in zip(got, expected))
+    # a budget of one row of logits: every row scored on its own, same numbers
+    monkeypatch.setattr(ev, "LOGIT_BUDGET", 8 * model.config.vocab_size)
+    assert [len(b) for b in ev._scoring_batches(rows, 3, model.config.vocab_size)] == [1, 1, 1]
+    got = ev.sequence_logps(model, tok, rows, 3, "cpu")
+    assert all(math.isclose(a, b, rel_tol=1e-5, abs_tol=1e-4) for (a, _), (b, _) in zip(got, expected))
+
+
+def test_batched_left_padded_generation_equals_one_prompt_at_a_time(tiny):
+    model, tok = tiny
+    prompts = [tok.apply_chat_template([{"role": "user", "content": c}], tokenize=False, add_generation_prompt=True)
+               for c in ("Add the two numbers.\n2 + 2", "Reverse the word.\nglass", "这个数是奇数还是偶数？\n18")]
+    assert len({len(tok(p)["input_ids"]) for p in prompts}) > 1  # different lengths: padding is exercised
+    settings = {"batch_size": 3, "max_new_tokens": 8, "do_sample": False, "temperature": 1.0}
+    batched = ev.generate(model, tok, prompts, settings, "cpu")
+    alone = [ev.generate(model, tok, [p], {**settings, "batch_size": 1}, "cpu")[0] for p in prompts]
+    assert batched == alone and tok.padding_side == "left"
+
+
+def test_preference_metrics_on_hand_numbers():
+    pairs = [{"chosen": -10.0, "rejected": -12.0, "ref_chosen": -11.0, "ref_rejected": -11.5},  # margin 0.1*(1-(-0.5))=0.15
+             {"chosen": -9.0, "rejected": -8.0, "ref_chosen": -9.5, "ref_rejected": -7.0}]      # margin 0.1*(0.5-(-1))=0.15
+    m = ev.preference_metrics(pairs, beta=0.1)
+    assert m["logp_accuracy"] == 50.0 and m["preference_accuracy"] == 100.0
+    assert math.isclose(m["reward_margin"], 0.15)
+    worse = [{"chosen": -10.0, "rejected": -12.0, "ref_chosen": -9.0, "ref_rejected": -12.5}]  # 0.1*(-1-0.5) = -0.15
+    m = ev.preference_metrics(worse, beta=0.1)
+    assert m["preference_accuracy"] == 0.0 and math.isclose(m["reward_margin"], -0.15)
+    assert ev.preference_metrics([{"chosen": -1.0, "rejected": -2.0}]) == {"logp_accuracy": 100.0}

@@ -4,6 +4,7 @@ expected counts; the split is deterministic and stable when records are added.""
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -231,7 +232,8 @@ def test_shared_data_converts_with_expected_counts(tmp_path, rel, fmt, columns, 
     assert m["counts"]["kept"] == kept
     assert m["counts"]["dropped"] == read - kept
     assert m["counts"]["train"] + m["counts"]["validation"] == kept == len(rows)
-    assert len(m["sources"][0]["sha256"]) == 64
+    assert m["sources"][0]["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()  # of the file as stored (.gz too)
+    assert m["split"]["seed"] == 7 and m["split"]["validation_fraction"] == 0.05
 
 
 # per task file of the we1k PromptCBLUE data: records (README) and how many reuse a sample_id

@@ -247,19 +247,6 @@ def test_embedded_tiny_model_is_checked_before_it_is_built(project, edit, messag
     assert_snakemake_refuses(project, message)
 
 
-@pytest.mark.parametrize("offline_env", [{"HF_HUB_OFFLINE": "1"}, {"HF_ENDPOINT": "https://127.0.0.1:9"}],
-                         ids=["HF_HUB_OFFLINE", "hub-unreachable"])
-def test_hub_name_while_offline_is_refused_when_planning(project, tmp_path, offline_env):
-    with_config(project, set_key("base_model.path", "some-org/some-model"))
-    shutil.rmtree(project / "results", ignore_errors=True)
-    proc = snakemake(project, "-c1", "results/data/demo_text", check=False, timeout=120,
-                     env={**offline_env, "HF_HOME": str(tmp_path / "hf")})
-    out = proc.stdout + proc.stderr
-    expected = "the hub is offline (HF_HUB_OFFLINE=1)" if "HF_HUB_OFFLINE" in offline_env else "the Hugging Face Hub cannot be reached"
-    assert proc.returncode != 0 and "config key 'base_model.path': 'some-org/some-model' is not a local directory" in out, out[-3000:]
-    assert expected in out and files_under(project / "results") == []
-
-
 def test_model_path_that_does_not_exist(project):
     with_config(project, set_key("base_model.path", "/models/does-not-exist"))
     assert_snakemake_refuses(project, "config key 'base_model.path': model directory '/models/does-not-exist' does not exist")

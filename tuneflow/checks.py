@@ -3,8 +3,8 @@ model-dependent mistake stops the run before any job writes anything.
 
 A base model on local disk is checked by reading config.json, the tokenizer files and the
 safetensors headers (no weights are loaded); the embedded tiny model, which the workflow builds,
-by its tiny_model settings and the Llama module names. A hub name must be in the local cache or
-the hub reachable; the rest of its checks run in the first job that downloads it.
+by its tiny_model settings and the Llama module names. A hub name is checked by the first job
+that needs it (tokenize / train), which fails fast when the hub cannot be reached.
 """
 
 from __future__ import annotations
@@ -46,8 +46,8 @@ def check_base_model(cfg: dict, variant: str = "default"):
     if not os.path.isdir(path):
         if path.startswith(models.LOCAL_PREFIXES) or not models.HUB_ID.match(path):
             raise ModelError(f"config key '{prefix}base_model.path': model directory '{path}' does not exist")
-        if not models.cached_hub_model(path, spec.get("revision")):
-            models.check_hub_reachable(path, f"{prefix}base_model.path")
+        # A hub name: checked by the first job that needs it, which fails fast, saying so, when
+        # the hub cannot be reached. Not here: a dry run must work on an offline login node.
         return
     model_cfg = models.check_model_dir(path, spec, key=f"{prefix}base_model")
     needs_template = any(s in stages for s in ("sft", "dpo")) or any(

@@ -54,7 +54,8 @@ def merge_adapter(base_spec: dict, adapter_dir, finetuning: str, out_dir) -> dic
     # The merged model must keep the RoPE scaling the adapter was trained with.
     train_info = adapter_dir / "train_info.json"
     rope_scaling = json.loads(train_info.read_text())["settings"]["training"].get("rope_scaling") if train_info.exists() else None
-    base = AutoModelForCausalLM.from_pretrained(base_dir, config=models.load_model_config(base_dir, base_spec, rope_scaling), dtype=dtype, trust_remote_code=bool(base_spec.get("trust_remote_code")),
+    config = models.load_model_config(base_dir, base_spec, rope_scaling)
+    base = AutoModelForCausalLM.from_pretrained(base_dir, config=config, dtype=dtype, trust_remote_code=bool(base_spec.get("trust_remote_code")),
                                                 use_safetensors=not base_spec.get("allow_unsafe_weights")).to(device)
     model = PeftModel.from_pretrained(base, adapter_dir).to(device).eval()
     ids = _samples(base.config.vocab_size).to(device)

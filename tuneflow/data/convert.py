@@ -90,10 +90,10 @@ def convert_dataset(spec: dict, out_dir) -> dict:
                         # Published PromptCBLUE-style files reuse ids for unrelated records: keep them all,
                         # under an id derived from the content, so that neither the new id nor the
                         # split depends on where the record sits in the file.
-                        renamed = f"{sample_id}#{record_key({k: v for k, v in rec.items() if k != 'meta'})[4:12]}"
-                        n = 2
+                        by_content = f"{sample_id}#{record_key({k: v for k, v in rec.items() if k != 'meta'})[4:12]}"
+                        renamed, n = by_content, 2
                         while renamed in seen_ids:  # the same content under the same id again
-                            renamed, n = f"{renamed.split('~')[0]}~{n}", n + 1
+                            renamed, n = f"{by_content}~{n}", n + 1
                         counts["renamed_ids"] += 1
                         sample_id = rec["meta"]["sample_id"] = renamed
                         key = record_key(rec)

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
 import sys
 import tempfile
 import time
@@ -99,7 +98,7 @@ def dense_rows(n, length, vocab, seed=0):
     return [{"input_ids": r, "labels": r} for r in ids]
 
 
-def held_out_loss(model, rows, device, pad_id):
+def held_out_loss(model, rows, device):
     """Mean loss per trained token on fixed samples, one at a time (no padding, no packing).
 
     The model stays in train mode (no dropout is configured, so the numbers are the same):
@@ -166,7 +165,7 @@ def counting_collator(collate, timer, pad_id):
     return wrapped
 
 
-def run_path(name, trainer_factory, timer, device, eval_rows, pad_id):
+def run_path(name, trainer_factory, timer, device, eval_rows):
     import torch
 
     if device.startswith("cuda"):
@@ -187,7 +186,7 @@ def run_path(name, trainer_factory, timer, device, eval_rows, pad_id):
               "padding_fraction": 1 - timer.tokens / max(timer.computed, 1), "peak_gib": peak, "wall_s": wall,
               "tokens_trained": timer.tokens,
               "final_loss": next((e["loss"] for e in reversed(trainer.state.log_history) if "loss" in e), None),
-              "held_out_loss": held_out_loss(trainer.model, eval_rows, device, pad_id)}
+              "held_out_loss": held_out_loss(trainer.model, eval_rows, device)}
     del trainer
     gc.collect()
     return result
@@ -280,7 +279,7 @@ def main():
             timer.flops = flops_per_token(model.get_base_model(), mean_len)
             return t
         report(run_path(f"seed-style (HF Trainer + peft, pad-to-longest, micro-batch {a.baseline_micro_batch}, grad ckpt, sdpa)",
-                        baseline, timer, device, eval_rows, tok.pad_token_id), timer)
+                        baseline, timer, device, eval_rows), timer)
 
     def tuneflow_path(finetuning):
         """The SFT recipe's trainer, model loaded by the recipe's loader, tuneflow's default settings."""
@@ -303,7 +302,7 @@ def main():
             return t
         res = run_path(f"tuneflow SFT {finetuning} (packing={packing}, micro-batch {micro}, grad ckpt={checkpointing}, "
                        f"attn={training['attn_implementation']}, liger={training['use_liger_kernel']})",
-                       factory, timer, device, eval_rows, tok.pad_token_id)
+                       factory, timer, device, eval_rows)
         res["path"] += f" [attn ran: {timer.attn}]"
         report(res, timer)
 

@@ -5,6 +5,7 @@ tokenizer_config.json, and the module names the planning checks assume."""
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 
@@ -34,15 +35,8 @@ def test_files_architecture_and_size(tiny):
     from safetensors import safe_open
 
     with safe_open(str(out / "model.safetensors"), "pt") as f:
-        n = sum(_prod(f.get_slice(k).get_shape()) for k in f.keys())
+        n = sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
     assert 1_000_000 <= n <= 20_000_000, n
-
-
-def _prod(shape):
-    out = 1
-    for d in shape:
-        out *= d
-    return out
 
 
 def test_tokenizer_is_byte_level_with_the_chat_template_in_tokenizer_config(tiny):

@@ -3,7 +3,6 @@ gradient checkpointing, modules_to_save, eager attention; and the DoRA adapter m
 
 from __future__ import annotations
 
-import copy
 import json
 import subprocess
 import sys

@@ -13,7 +13,7 @@ import functools
 import os
 
 from tuneflow import models, tiny_model
-from tuneflow.config import STAGES, enabled_stages
+from tuneflow.config import enabled_stages
 from tuneflow.errors import ConfigError, ModelError
 from tuneflow.plan import RESULTS, TINY_MODEL_DIR
 

@@ -42,19 +42,6 @@ def _hub_reachable() -> tuple[bool, str]:
         return False, f"{host}:{port}: {e.strerror or e}"
 
 
-HUB_PATTERNS = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.tiktoken", "*.txt", "*.jinja", "*.py"]
-
-
-def cached_hub_model(path: str, revision: str | None = None) -> str | None:
-    """The local snapshot of hub model `path` in the Hugging Face cache, or None."""
-    from huggingface_hub import snapshot_download
-
-    try:
-        return snapshot_download(path, revision=revision, local_files_only=True, allow_patterns=HUB_PATTERNS)
-    except Exception:  # not in the local cache
-        return None
-
-
 def resolve_model_path(path: str, revision: str | None = None, key: str = "base_model.path") -> str:
     """Return a local directory holding the model `path` names, downloading from the hub only when
     it is a hub name, not already cached, and the hub is reachable."""
@@ -62,20 +49,13 @@ def resolve_model_path(path: str, revision: str | None = None, key: str = "base_
         return path
     if path.startswith(LOCAL_PREFIXES) or not HUB_ID.match(path):
         raise ModelError(f"config key '{key}': model directory '{path}' does not exist")
-    cached = cached_hub_model(path, revision)
-    if cached:
-        return cached
-    check_hub_reachable(path, key)
     from huggingface_hub import snapshot_download
 
+    patterns = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.tiktoken", "*.txt", "*.jinja", "*.py"]
     try:
-        return snapshot_download(path, revision=revision, allow_patterns=HUB_PATTERNS)
-    except Exception as e:
-        raise ModelError(f"config key '{key}': could not download '{path}' from the hub: {type(e).__name__}: {e}") from None
-
-
-def check_hub_reachable(path: str, key: str):
-    """Refuse, saying why, when hub model `path` would have to be downloaded and cannot be."""
+        return snapshot_download(path, revision=revision, local_files_only=True, allow_patterns=patterns)
+    except Exception:  # not in the local cache: fall through to the network (or a clear refusal)
+        pass
     if _offline():
         raise ModelError(f"config key '{key}': '{path}' is not a local directory and is not in the Hugging Face "
                          "cache, and the hub is offline (HF_HUB_OFFLINE=1); download it where there is network "
@@ -85,6 +65,10 @@ def check_hub_reachable(path: str, key: str):
         raise ModelError(f"config key '{key}': '{path}' is not a local directory and the Hugging Face Hub cannot be "
                          f"reached ({why}); download the model where there is network access or point {key} at a "
                          "local copy")
+    try:
+        return snapshot_download(path, revision=revision, allow_patterns=patterns)
+    except Exception as e:
+        raise ModelError(f"config key '{key}': could not download '{path}' from the hub: {type(e).__name__}: {e}") from None
 
 
 def read_model_config(model_dir) -> dict:

@@ -91,11 +91,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    from tuneflow.cli import end_distributed
+
     try:
-        return args.func(args)
+        status = args.func(args)
     except TuneflowError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    end_distributed()
+    return status
 
 
 if __name__ == "__main__":

@@ -5,7 +5,6 @@ SFTTrainer batch against each sample run alone."""
 
 from __future__ import annotations
 
-import pytest
 import torch
 
 

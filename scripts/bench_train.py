@@ -270,7 +270,7 @@ def main():
             model = get_peft_model(base, lora)
             model.enable_input_require_grads()
             targs = TrainingArguments(output_dir=str(tmp / "a"), per_device_train_batch_size=a.baseline_micro_batch,
-                                      max_steps=a.steps + a.warmup, learning_rate=1e-4, gradient_checkpointing=True,
+                                      max_steps=a.steps + a.warmup, learning_rate=1e-4, activation_checkpointing=True,
                                       bf16=device == "cuda", use_cpu=device == "cpu", report_to=[], save_strategy="no",
                                       logging_steps=1, disable_tqdm=True, remove_unused_columns=False, seed=0)
             collate = DataCollatorForSeq2Seq(tok, padding="longest", label_pad_token_id=-100)

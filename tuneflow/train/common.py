@@ -215,7 +215,7 @@ def trainer_kwargs(settings: dict, work_dir, has_eval: bool) -> dict:
         per_device_train_batch_size=t["per_device_batch_size"],
         per_device_eval_batch_size=t["per_device_batch_size"],
         gradient_accumulation_steps=t["gradient_accumulation_steps"],
-        gradient_checkpointing=t["gradient_checkpointing"],
+        activation_checkpointing=t["gradient_checkpointing"],
         logging_steps=t["logging_steps"],
         logging_first_step=True,
         save_strategy="steps",
@@ -442,7 +442,7 @@ def effective_setup(trainer) -> dict:
     """What the trainer and model actually ran with (as opposed to what was asked for)."""
     a, cfg = trainer.args, trainer.model.config
     return {"attn_implementation": cfg._attn_implementation, "rope_parameters": getattr(cfg, "rope_parameters", None),
-            "gradient_checkpointing": a.gradient_checkpointing, "neftune_noise_alpha": a.neftune_noise_alpha,
+            "gradient_checkpointing": a.activation_checkpointing, "neftune_noise_alpha": a.neftune_noise_alpha,
             "bf16": a.bf16, "fp16": a.fp16, "use_liger_kernel": a.use_liger_kernel, "torch_compile": a.torch_compile,
             "deepspeed": bool(a.deepspeed), "packing": getattr(a, "packing", None),
             "padding_free": getattr(a, "padding_free", None), "per_device_batch_size": a.per_device_train_batch_size,

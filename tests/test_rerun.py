@@ -105,8 +105,10 @@ def test_editing_the_deepspeed_config_reruns_the_stages_that_use_it(project):
         | DOWNSTREAM_OF_SFT
 
 
-def test_more_ranks_retrain_but_another_partition_or_time_limit_does_not(project):
+def test_more_ranks_retrain_but_another_partition_time_limit_or_merge_memory_does_not(project):
     more = overlay(project, {"stages": {"sft": {"resources": {"nodes": 2}}}})  # twice the global batch
     assert planned_jobs(project, configs=[more]) == DOWNSTREAM_OF_SFT
     longer = overlay(project, {"stages": {"sft": {"resources": {"runtime": 999, "mem_mb": 12000}}}})
     assert planned_jobs(project, configs=[longer]) == {("report", "results/report/index.html")}  # it shows the whole config
+    roomier_merge = overlay(project, {"stages": {"sft": {"merge_resources": {"mem_mb": 64000, "runtime": 20}}}})
+    assert planned_jobs(project, configs=[roomier_merge]) == {("report", "results/report/index.html")}

@@ -32,6 +32,19 @@ def expected_gres():
     return {rule: f"gres:gpu:{n}" for rule, n in gpus.items()}
 
 
+def expected_merge_limits():
+    """Stage -> (memory, time limit) of its merge job as scontrol shows them: merge_resources, else
+    the stage's resources."""
+    stages = yaml.safe_load((REPO / SLURM_OVERLAY).read_text())["stages"]
+    out = {}
+    for stage, block in stages.items():
+        r = {**block["resources"], **block.get("merge_resources", {})}
+        hours, minutes = divmod(r["runtime"], 60)
+        out[stage] = (f"{r['mem_mb']}M", f"{hours:02d}:{minutes:02d}:00")
+    assert len(set(out.values())) > 1, "the overlay should give one merge job limits of its own"
+    return out
+
+
 def test_demo_pipeline_runs_every_rule_as_a_slurm_job(slurm_cluster, tmp_path):
     from slurm_cluster import client_env, show_job
 
@@ -62,6 +75,13 @@ def test_demo_pipeline_runs_every_rule_as_a_slurm_job(slurm_cluster, tmp_path):
                 assert (job["Partition"], job["TresPerNode"], job["NumNodes"], job["NumTasks"]) == ("gpu", gres[rule], "1", "1"), (rule, job)
             else:
                 assert rule in CPU_RULES and job["Partition"] == "cpu", (rule, job)
+    merge_limits = {}
+    for job_id in submitted["merge"]:
+        job = show_job(job_id)
+        # the plugin's comment: rule_merge_wildcards_<wildcard values joined by "_">, stage last
+        stage = re.fullmatch(r"rule_merge_wildcards_.*_(pt|sft|dpo)", job["Comment"]).group(1)
+        merge_limits[stage] = (job["MinMemoryNode"], job["TimeLimit"])
+    assert merge_limits == expected_merge_limits()
     for rule in ("train_pt", "train_sft", "train_dpo"):
         assert f"--gres={gres[rule].split(':', 1)[1]}" in sbatch[rule] and "--ntasks-per-gpu" not in sbatch[rule] and "--signal=TERM@" in sbatch[rule]
 

@@ -24,6 +24,27 @@ def test_merged_sft_target_needs_no_dpo(workdir):
     assert "train_sft" in out and "train_dpo" not in out and "evaluate" not in out
 
 
+def test_merge_jobs_take_one_device_and_their_own_limits_where_set(workdir):
+    """A merge job is one process on at most one GPU, with the stage's CPUs, memory and time unless
+    stages.<stage>.merge_resources says otherwise."""
+    (workdir / "overlay.yaml").write_text(yaml.safe_dump({"stages": {
+        "sft": {"resources": {"nodes": 2, "gpus_per_node": 4, "mem_mb": 64000, "runtime": 600},
+                "merge_resources": {"mem_mb": 200000, "runtime": 30}},
+        "dpo": {"resources": {"gpus_per_node": 8, "mem_mb": 32000, "runtime": 300}}}}))
+    out = snakemake(workdir, "-n", "-F", "results/merged/dpo", "--configfile", "config/config.yaml", "overlay.yaml").stdout
+    merges = {}
+    for block in out.split("\nrule ")[1:]:
+        if block.startswith("merge:"):
+            stage = re.search(r"wildcards: .*stage=(\w+)", block).group(1)
+            merges[stage] = dict(re.findall(r"(\w+)=([^,\s]*)", re.search(r"resources: (.*)", block).group(1)))
+    pick = ("nodes", "tasks", "gres", "mem_mb", "runtime")
+    assert {stage: tuple(r[k] for k in pick) for stage, r in merges.items()} == {
+        "pt": ("1", "1", "", "8000", "240"),             # a CPU stage with the default resources
+        "sft": ("1", "1", "gpu:1", "200000", "30"),     # 2 nodes x 4 GPUs trained; merge_resources
+        "dpo": ("1", "1", "gpu:1", "32000", "300"),     # the stage's memory and time
+    }
+
+
 def test_lint_has_no_warnings():
     proc = snakemake(REPO, "--lint", check=False)
     out = proc.stdout + proc.stderr

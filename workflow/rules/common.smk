@@ -131,10 +131,12 @@ def train_resources(stage):
 
 
 def merge_resources():
-    """Merging needs one device at most: one GPU when the stage trains on GPUs, else the CPU."""
+    """Merging needs one device at most: one GPU when the stage trains on GPUs, else the CPU;
+    stages.<stage>.merge_resources overrides the stage's CPUs, memory, time and that GPU."""
     def block(w):
         r = PLAN.stage_resources(variant(w), w.stage)
-        return {**r, "nodes": 1, "gpus_per_node": min(1, r["gpus_per_node"]), "processes_per_node": 1}
+        merge = PLAN.vcfg(variant(w))["stages"][w.stage]["merge_resources"]
+        return {**r, "nodes": 1, "gpus_per_node": min(1, r["gpus_per_node"]), "processes_per_node": 1, **merge}
 
     return resources_from(block)
 

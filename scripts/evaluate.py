@@ -18,7 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import argparse  # noqa: E402
 
-from tuneflow.errors import TuneflowError  # noqa: E402
+from tuneflow.cli import json_arg, run  # noqa: E402
 
 
 def _print_table(result: dict, out=sys.stdout) -> None:
@@ -58,8 +58,6 @@ def cmd_model(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from tuneflow.cli import json_arg
-
     parser = argparse.ArgumentParser(prog="evaluate.py", description="Score model predictions.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -91,16 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from tuneflow.cli import end_distributed
-
-    try:
-        status = args.func(args)
-    except TuneflowError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    end_distributed()
-    return status
+    return args.func(args)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))

@@ -21,7 +21,8 @@ DOWNSTREAM_OF_SFT = {
     ("summarize", "results/eval/summary.tsv"), ("report", "results/report/index.html"),
 }
 ALL_EVALS = {("evaluate", f"results/eval/{m}") for m in ("base", "pt", "sft", "dpo")}
-REPORTING = {("summarize", "results/eval/summary.tsv"), ("report", "results/report/index.html")}
+REPORT = {("report", "results/report/index.html")}
+REPORTING = {("summarize", "results/eval/summary.tsv")} | REPORT
 
 
 @pytest.fixture
@@ -109,6 +110,6 @@ def test_more_ranks_retrain_but_another_partition_time_limit_or_merge_memory_doe
     more = overlay(project, {"stages": {"sft": {"resources": {"nodes": 2}}}})  # twice the global batch
     assert planned_jobs(project, configs=[more]) == DOWNSTREAM_OF_SFT
     longer = overlay(project, {"stages": {"sft": {"resources": {"runtime": 999, "mem_mb": 12000}}}})
-    assert planned_jobs(project, configs=[longer]) == {("report", "results/report/index.html")}  # it shows the whole config
+    assert planned_jobs(project, configs=[longer]) == REPORT  # it shows the whole config
     roomier_merge = overlay(project, {"stages": {"sft": {"merge_resources": {"mem_mb": 64000, "runtime": 20}}}})
-    assert planned_jobs(project, configs=[roomier_merge]) == {("report", "results/report/index.html")}
+    assert planned_jobs(project, configs=[roomier_merge]) == REPORT

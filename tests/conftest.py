@@ -88,6 +88,40 @@ def repo():
     return REPO
 
 
+# A model small enough for unit tests; each test module overrides what it needs.
+TINY_SETTINGS = {"vocab_size": 400, "hidden_size": 32, "intermediate_size": 64, "num_layers": 1, "num_heads": 2,
+                 "num_kv_heads": 2, "max_position_embeddings": 128}
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """build(corpus=[files], **settings) -> the directory of a random-init tiny Llama with a BPE
+    tokenizer trained on `corpus` (tuneflow.tiny_model), built once per distinct settings in the
+    session and shared. Tests that change it work on a copy."""
+    from tuneflow.tiny_model import build_tiny_model
+
+    built = {}
+
+    def build(corpus=("resources/demo/sft_alpaca.json",), seed=42, **settings):
+        full = {**TINY_SETTINGS, **settings}
+        key = repr((sorted(full.items()), list(map(str, corpus)), seed))
+        if key not in built:
+            out = tmp_path_factory.mktemp("tiny") / "model"
+            build_tiny_model(full, [REPO / c for c in corpus], out, seed=seed)
+            built[key] = out
+        return built[key]
+
+    return build
+
+
+@pytest.fixture(scope="session")
+def real_tokenizer():
+    """name -> directory of a real tokenizer (llama2, qwen3, llama3_1, mistral): tests/real_tokenizers.py."""
+    from real_tokenizers import tokenizer_dir
+
+    return tokenizer_dir
+
+
 @pytest.fixture(scope="session")
 def demo_run(tmp_path_factory):
     """The demo pipeline (tests/config/ci.yaml: 2 ranks, ZeRO-2) run once to the report; tests that

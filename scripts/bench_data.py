@@ -27,9 +27,10 @@ def bench_convert_tokenize(path, vocab):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from tuneflow.data.convert import convert_dataset, read_jsonl
+    from tuneflow.data.convert import convert_dataset
+    from tuneflow.io import read_jsonl
     from tuneflow.templates import CHATML
-    from tuneflow.tokenization import tokenize_dataset
+    from tuneflow.tokenize import tokenize_dataset
 
     tmp = Path(tempfile.mkdtemp())
     t0 = time.perf_counter()
@@ -47,7 +48,7 @@ def bench_convert_tokenize(path, vocab):
     tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|pad|>")
     tok.chat_template = CHATML
     t0 = time.perf_counter()
-    meta = tokenize_dataset("sft", tmp / "data", tok, {"max_length": 1024, "mask_prompt": True}, tmp / "tokenized")
+    meta = tokenize_dataset(tmp / "data", tok, {"kind": "sft", "max_length": 1024, "mask_prompt": True}, tmp / "tokenized")
     t_tokenize = time.perf_counter() - t0
     shutil.rmtree(tmp)
     c = manifest["counts"]

@@ -65,7 +65,8 @@ def build_tokenizer(texts, vocab_size, out_dir):
 
 
 def load_records(path, limit):
-    from tuneflow.data.convert import convert_dataset, read_jsonl
+    from tuneflow.data.convert import convert_dataset
+    from tuneflow.io import read_jsonl
 
     out = Path(tempfile.mkdtemp()) / "alpaca"
     convert_dataset({"name": "alpaca", "path": str(path), "format": "alpaca", "validation_fraction": 0.0,
@@ -225,8 +226,8 @@ def main():
 
     from tuneflow import config as tfconfig
     from tuneflow import models
-    from tuneflow.tokenization import tokenize_sft
-    from tuneflow.train import common
+    from tuneflow.tokenize import tokenize_sft
+    from tuneflow.train import setup
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
@@ -284,16 +285,19 @@ def main():
     def tuneflow_path(finetuning):
         """The SFT recipe's trainer, model loaded by the recipe's loader, tuneflow's default settings."""
         timer = StepTimer(a.warmup, device)
-        settings = {"seed": 0, "finetuning": finetuning, "deepspeed": None, "quantization": defaults["quantization"],
+        settings = {"seed": 0, "base_model": spec, "finetuning": finetuning, "deepspeed": None,
+                    "quantization": defaults["quantization"],
                     "training": {**training, "max_steps": a.steps + a.warmup, "per_device_batch_size": micro,
                                  "gradient_checkpointing": checkpointing, "logging_steps": 1, "save_steps": 10**9,
                                  "packing": packing}}
+        run = setup.StageRun("sft", argparse.Namespace(work_dir=tmp / "b", data=[], output=None, data_manifests=[]),
+                             settings, model_dir, model_cfg, tok, ds, None, started=0.0)
 
         def factory():
-            kw = common.trainer_kwargs(settings, tmp / "b", has_eval=False)
+            kw = setup.trainer_kwargs(run)
             kw.update(report_to=[], save_strategy="no")
             sargs = SFTConfig(**kw, max_length=a.max_length, packing=packing, packing_strategy="bfd")
-            model = common.load_base_model(model_dir, spec, settings, model_cfg)
+            model = setup.load_model(run)
             t = SFTTrainer(model=model, args=sargs, train_dataset=ds, processing_class=tok, peft_config=lora,
                            callbacks=[timer.callback()])
             t.data_collator = counting_collator(t.data_collator, timer, tok.pad_token_id)

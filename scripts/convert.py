@@ -11,10 +11,11 @@ from tuneflow.data.convert import convert_dataset  # noqa: E402
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--spec", required=True, type=json_arg, help="dataset spec as JSON (see tuneflow.data.convert)")
+    p.add_argument("--settings", required=True, type=json_arg,
+                   help="the dataset's settings as JSON (tuneflow.plan.Plan.convert_settings)")
     p.add_argument("--out", required=True, help="output directory results/data/<name>")
     a = p.parse_args(argv)
-    m = convert_dataset(a.spec, a.out)
+    m = convert_dataset(a.settings, a.out)
     c = m["counts"]
     print(f"{m['dataset']}: read {c['read']}, kept {c['kept']} (train {c['train']}, validation {c['validation']}), "
           f"dropped {c['dropped']}", file=sys.stderr)

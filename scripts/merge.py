@@ -11,14 +11,14 @@ from tuneflow.cli import json_arg, run  # noqa: E402
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--base", required=True, type=json_arg, help="the stage's base_model block as JSON")
-    p.add_argument("--finetuning", required=True, choices=["lora", "qlora", "full"])
+    p.add_argument("--settings", required=True, type=json_arg,
+                   help='JSON (tuneflow.plan.Plan.merge_settings): {"base_model", "finetuning", "rope_scaling"}')
     p.add_argument("--adapter", required=True)
     p.add_argument("--out", required=True)
     a = p.parse_args(argv)
     from tuneflow.merge import merge_adapter
 
-    check = merge_adapter(a.base, a.adapter, a.finetuning, a.out)
+    check = merge_adapter(a.settings, a.adapter, a.out)
     print("merge check:", json.dumps(check), file=sys.stderr)
 
 

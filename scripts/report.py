@@ -18,8 +18,7 @@ def main(argv=None):
     p.add_argument("--out", required=True)
     a = p.parse_args(argv)
     from tuneflow.io import write_json
-    from tuneflow.report import write_report
-    from tuneflow.summary import build_bundle
+    from tuneflow.report import build_bundle, write_report
 
     bundle = build_bundle(a.summary, a.plan["eval_jobs"], a.plan["trained"], a.plan["configs"], REPO)
     write_json(a.bundle, bundle)

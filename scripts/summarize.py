@@ -13,7 +13,7 @@ def main(argv=None):
     p.add_argument("--jobs", required=True, type=json_arg, help="[[variant, model, dataset, eval.json], ...]")
     p.add_argument("--out", required=True)
     a = p.parse_args(argv)
-    from tuneflow.summary import write_summary
+    from tuneflow.summarize import write_summary
 
     rows = write_summary(a.jobs, a.out)
     print(f"{len(rows)} rows -> {a.out}", file=sys.stderr)

@@ -25,7 +25,7 @@ def run_convert(tmp_path, path, fmt="alpaca", **spec):
     out = tmp_path / "results" / "data" / "ds"
     spec = {"name": "ds", "path": str(path), "format": fmt, "validation_fraction": 0.0, "split_seed": 1,
             "on_bad_record": "error", "max_record_bytes": 4_000_000, **spec}
-    return subprocess.run([sys.executable, str(REPO / "scripts" / "convert.py"), "--spec", json.dumps(spec), "--out", str(out)],
+    return subprocess.run([sys.executable, str(REPO / "scripts" / "convert.py"), "--settings", json.dumps(spec), "--out", str(out)],
                           capture_output=True, text=True, env=env_with_venv())
 
 
@@ -107,15 +107,9 @@ def test_utf8_bom_is_accepted_and_noted(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory):
+def tiny_model_dir(tiny_model):
     """A small model on local disk (outside results/) for the model-dependent config checks."""
-    out = tmp_path_factory.mktemp("models") / "tiny"
-    settings = {"vocab_size": 400, "hidden_size": 32, "intermediate_size": 64, "num_layers": 1, "num_heads": 2,
-                "num_kv_heads": 2, "max_position_embeddings": 128}
-    subprocess.run([sys.executable, str(REPO / "scripts" / "make_tiny_model.py"), "--settings", json.dumps(settings),
-                    "--out", str(out), str(REPO / "resources" / "demo" / "pt_text.txt")],
-                   check=True, capture_output=True, env=env_with_venv())
-    return out
+    return tiny_model(corpus=["resources/demo/pt_text.txt"])
 
 
 def model_variant(src: Path, dest: Path, config_edit=None, tokenizer_edit=None) -> Path:
@@ -187,6 +181,8 @@ CONFIG_CASES = [
     ("glob-matches-nothing", set_key("datasets.demo_text.path", "resources/nothing/*.txt"),
      ["resources/nothing/*.txt: glob matches no files (config key datasets.demo_text.path)"]),
     ("unknown-deepspeed", set_key("stages.sft.deepspeed", "zero9"), ["config key 'stages.sft.deepspeed': 'zero9' is neither a preset"]),
+    ("unknown-stage", set_key("datasets.demo_text.stages", ["ptt"]),
+     ["config key 'datasets.demo_text.stages[0]': unknown stage 'ptt'; did you mean 'pt'?"]),
 ]
 
 
@@ -280,9 +276,9 @@ def test_pickle_weights_are_refused(project, tiny_model_dir, tmp_path):
                          ids=["HF_HUB_OFFLINE", "hub-unreachable"])
 def test_hub_name_while_offline_fails_fast(tmp_path, offline_env):
     data = tmp_path / "results" / "data" / "ds"
-    settings = {"model": {"path": "some-org/some-model", "revision": None}, "max_length": 64}
+    settings = {"kind": "pt", "model": {"path": "some-org/some-model", "revision": None}, "max_length": 64}
     started = time.time()
-    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "tokenize_data.py"), "--kind", "pt", "--data", str(data),
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "tokenize_data.py"), "--data", str(data),
                            "--settings", json.dumps(settings), "--out", str(tmp_path / "results" / "tokenized" / "x")],
                           capture_output=True, text=True, timeout=120,
                           env=env_with_venv({**offline_env, "HF_HOME": str(tmp_path / "hf")}))

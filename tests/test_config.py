@@ -120,12 +120,10 @@ def test_variant_changing_only_dpo_beta_reuses_pt_and_sft():
 
 def test_variant_changing_sft_reruns_sft_and_dpo_but_not_pt():
     plan = plan_with({"r8": {"stages": {"sft": {"lora": {"r": 8}}}}})
-    assert plan.adapter_dir("r8", "pt") == "results/adapters/pt"
-    assert plan.adapter_dir("r8", "sft") == "results/variants/r8/adapters/sft"
-    assert plan.adapter_dir("r8", "dpo") == "results/variants/r8/adapters/dpo"
+    assert {s: plan.adapter_dir("r8", s) for s in ("pt", "sft", "dpo")} == {
+        "pt": "results/adapters/pt", "sft": "results/variants/r8/adapters/sft", "dpo": "results/variants/r8/adapters/dpo"}
     assert plan.stage_base_spec("r8", "dpo")["path"] == "results/variants/r8/merged/sft"
-    assert plan.eval_dir("r8", "base") == "results/eval/base"
-    assert plan.eval_dir("r8", "pt") == "results/eval/pt"
+    assert {m: plan.eval_dir("r8", m) for m in ("base", "pt")} == {"base": "results/eval/base", "pt": "results/eval/pt"}
 
 
 def test_variant_with_another_base_model_reuses_nothing():

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from conftest import shared_path
-from tuneflow.data.convert import convert_dataset, is_validation, read_jsonl
+from tuneflow.data.convert import convert_dataset, is_validation
+from tuneflow.io import read_jsonl
 
 
 def spec(path, fmt, **kw):

@@ -13,16 +13,13 @@ import torch
 
 from conftest import REPO
 from tuneflow.eval import evaluate as ev
-from tuneflow.tiny_model import build_tiny_model
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def tiny(tiny_model):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    out = tmp_path_factory.mktemp("tiny") / "model"
-    build_tiny_model({"vocab_size": 400, "hidden_size": 32, "intermediate_size": 64, "num_layers": 2, "num_heads": 4,
-                      "num_kv_heads": 2, "max_position_embeddings": 128}, [REPO / "resources" / "demo" / "sft_alpaca.json"], out)
+    out = tiny_model(num_layers=2, num_heads=4)
     return AutoModelForCausalLM.from_pretrained(out).eval(), AutoTokenizer.from_pretrained(out)
 
 

@@ -392,7 +392,7 @@ def test_write_report_atomic(tmp_path, monkeypatch):
         assert not os.path.exists(dst)
         return real_replace(src, dst)
 
-    monkeypatch.setattr(report.os, "replace", spy)
+    monkeypatch.setattr(os, "replace", spy)
     assert write_report(small_bundle(), out) == out
     assert len(calls) == 1 and os.path.dirname(calls[0][0]) == str(out.parent)
     assert calls[0][1] == str(out)
@@ -416,7 +416,7 @@ def test_write_report_failure_keeps_previous_page(tmp_path, monkeypatch):
     def fail_replace(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr(report.os, "replace", fail_replace)
+    monkeypatch.setattr(os, "replace", fail_replace)
     with pytest.raises(OSError):
         write_report(small_bundle(), out)
     assert out.read_text() == "old page" and sorted(p.name for p in tmp_path.iterdir()) == ["index.html"]
@@ -430,7 +430,7 @@ def test_cli(tmp_path):
 
 
 def test_provenance_is_what_each_stage_recorded_when_it_trained():
-    from tuneflow.summary import merge_per_stage
+    from tuneflow.report import merge_per_stage
 
     merged = merge_per_stage([("pt", {"torch": "2.13.0", "hostname": "n1", "gpus": []}),
                               ("sft", {"torch": "2.13.0", "hostname": "n2", "gpus": []}),

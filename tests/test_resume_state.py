@@ -1,11 +1,11 @@
-"""Which checkpoint a stage resumes from (tuneflow.train.common.prepare_work_dir): only a complete
+"""Which checkpoint a stage resumes from (tuneflow.train.checkpoints.prepare_work_dir): only a complete
 one, written with the same settings from the same inputs (tokenized data, base model)."""
 
 from __future__ import annotations
 
 import os
 
-from tuneflow.train.common import COMPLETE_MARKER, prepare_work_dir
+from tuneflow.train.checkpoints import COMPLETE_MARKER, prepare_work_dir
 
 
 def checkpoint(work, step, complete=True):

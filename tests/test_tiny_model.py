@@ -6,24 +6,19 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 
 import pytest
 import yaml
 
-from conftest import REPO, env_with_venv
+from conftest import REPO
 from tuneflow.tiny_model import LLAMA_MODULES, planned_config
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def tiny(tiny_model):
+    """The default config's tiny model."""
     cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["tiny_model"]
-    out = tmp_path_factory.mktemp("tiny") / "model"
-    subprocess.run([sys.executable, str(REPO / "scripts" / "make_tiny_model.py"), "--settings",
-                    json.dumps({k: v for k, v in cfg.items() if k != "corpus"}), "--out", str(out),
-                    *[str(REPO / p) for p in cfg["corpus"]]], check=True, capture_output=True, env=env_with_venv(), timeout=600)
-    return out, cfg
+    return tiny_model(corpus=cfg["corpus"], **{k: v for k, v in cfg.items() if k != "corpus"}), cfg
 
 
 def test_files_architecture_and_size(tiny):

@@ -2,28 +2,18 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-
 import pytest
 
-from conftest import REPO, env_with_venv
 from tuneflow.templates import BUILTIN, assistant_spans, stop_token_ids
-from tuneflow.tokenization import IGNORE, tokenize_dpo, tokenize_pt, tokenize_sft
+from tuneflow.tokenize import IGNORE, tokenize_dpo, tokenize_pt, tokenize_sft
 
 
 @pytest.fixture(scope="module")
-def tokenizer(tmp_path_factory):
+def tokenizer(tiny_model):
     from transformers import AutoTokenizer
 
-    out = tmp_path_factory.mktemp("tok") / "tiny"
-    settings = {"vocab_size": 500, "hidden_size": 16, "intermediate_size": 32, "num_layers": 1, "num_heads": 2,
-                "num_kv_heads": 2, "max_position_embeddings": 256}
-    subprocess.run([sys.executable, str(REPO / "scripts" / "make_tiny_model.py"), "--settings", json.dumps(settings),
-                    "--out", str(out), str(REPO / "resources" / "demo" / "sft_alpaca.json")],
-                   check=True, capture_output=True, env=env_with_venv())
-    return AutoTokenizer.from_pretrained(out)
+    return AutoTokenizer.from_pretrained(tiny_model(vocab_size=500, hidden_size=16, intermediate_size=32,
+                                                    max_position_embeddings=256))
 
 
 CONV = [{"role": "system", "content": "S"}, {"role": "user", "content": "2 + 3"}, {"role": "assistant", "content": "5"},

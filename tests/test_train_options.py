@@ -22,13 +22,10 @@ def run(*args):
     return proc
 
 
-def test_sft_with_dora_rslora_neftune_rope_scaling_and_checkpointing(tmp_path):
-    tiny = tmp_path / "tiny"
-    run(REPO / "scripts" / "make_tiny_model.py", "--settings", json.dumps(
-        {"vocab_size": 600, "hidden_size": 32, "intermediate_size": 64, "num_layers": 2, "num_heads": 4,
-         "num_kv_heads": 2, "max_position_embeddings": 64}), "--out", tiny, REPO / "resources" / "demo" / "sft_alpaca.json")
+def test_sft_with_dora_rslora_neftune_rope_scaling_and_checkpointing(tmp_path, tiny_model):
+    tiny = tiny_model(vocab_size=600, num_layers=2, num_heads=4, max_position_embeddings=64)
     data = tmp_path / "data"
-    run(REPO / "scripts" / "convert.py", "--spec", json.dumps({"name": "a", "path": str(REPO / "resources" / "demo" / "sft_alpaca.json"),
+    run(REPO / "scripts" / "convert.py", "--settings", json.dumps({"name": "a", "path": str(REPO / "resources" / "demo" / "sft_alpaca.json"),
         "format": "alpaca", "validation_fraction": 0.1, "split_seed": 1, "max_records": 80}), "--out", data)
     cfg = config.load(overrides={"base_model": {"path": str(tiny)}, "stages": {"sft": {
         "lora": {"r": 4, "alpha": 8, "use_dora": True, "use_rslora": True, "target_modules": ["q_proj", "v_proj", "down_proj"],
@@ -39,9 +36,9 @@ def test_sft_with_dora_rslora_neftune_rope_scaling_and_checkpointing(tmp_path):
     settings = Plan(cfg).stage_settings("default", "sft")
     settings["base_model"] = dict(cfg["base_model"])
     tokenized = tmp_path / "tok"
-    tok_settings = {"model": {"path": str(tiny)}, "chat_template": "tokenizer", "max_length": 96, "mask_prompt": True,
-                    "rope_scaling": settings["training"]["rope_scaling"]}
-    run(REPO / "scripts" / "tokenize_data.py", "--kind", "sft", "--data", data, "--settings", json.dumps(tok_settings), "--out", tokenized)
+    tok_settings = {"kind": "sft", "model": {"path": str(tiny)}, "chat_template": "tokenizer", "max_length": 96,
+                    "mask_prompt": True}
+    run(REPO / "scripts" / "tokenize_data.py", "--data", data, "--settings", json.dumps(tok_settings), "--out", tokenized)
     out = tmp_path / "adapters" / "sft"
     run(REPO / "scripts" / "launch.py", "--nproc-per-node", "1", REPO / "scripts" / "train.py", "sft", "--settings",
         json.dumps(settings), "--data", tokenized, "--output", out, "--work-dir", tmp_path / "work")
@@ -54,7 +51,8 @@ def test_sft_with_dora_rslora_neftune_rope_scaling_and_checkpointing(tmp_path):
     assert ran["attn_implementation"] == "eager" and ran["gradient_checkpointing"] and ran["neftune_noise_alpha"] == 5.0
     assert ran["rope_parameters"]["rope_type"] == "linear" and ran["rope_parameters"]["factor"] == 2.0
     merged = tmp_path / "merged"
-    run(REPO / "scripts" / "merge.py", "--base", json.dumps({"path": str(tiny)}), "--finetuning", "lora", "--adapter", out, "--out", merged)
+    run(REPO / "scripts" / "merge.py", "--settings", json.dumps({"base_model": {"path": str(tiny)}, "finetuning": "lora",
+        "rope_scaling": settings["training"]["rope_scaling"]}), "--adapter", out, "--out", merged)
     check = json.loads((merged / "merge_check.json").read_text())
     assert check["max_abs_diff"] <= check["tolerance"]
     # the merged model keeps the RoPE scaling it was trained with (rope_theta kept beside it)

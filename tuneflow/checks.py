@@ -14,7 +14,7 @@ import os
 
 from tuneflow import models, tiny_model
 from tuneflow.config import enabled_stages
-from tuneflow.errors import ConfigError, ModelError
+from tuneflow.errors import ModelError
 from tuneflow.plan import RESULTS, TINY_MODEL_DIR
 
 
@@ -38,8 +38,8 @@ def check_base_model(cfg: dict, variant: str = "default"):
     if path == TINY_MODEL_DIR:  # built by the workflow: check against what it will be
         model_cfg = tiny_model.planned_config(cfg["tiny_model"])
         for stage in stages:
-            check_stage_against_model(cfg["stages"][stage], stage, path, model_cfg, f"{prefix}stages.{stage}",
-                                      modules=tiny_model.LLAMA_MODULES)
+            models.check_stage_against_model(cfg["stages"][stage], stage, path, model_cfg, f"{prefix}stages.{stage}",
+                                             modules=tiny_model.LLAMA_MODULES)
         return
     if path.startswith(f"{RESULTS}/"):
         return  # another workflow output: checked by the jobs that use it
@@ -58,29 +58,8 @@ def check_base_model(cfg: dict, variant: str = "default"):
                          "'tokenizer'; set it to a built-in template (chatml, llama2, llama3, alpaca, zephyr)")
     models.check_tokenizer_fits(tok, model_cfg, path)
     for stage in stages:
-        check_stage_against_model(cfg["stages"][stage], stage, path, model_cfg, f"{prefix}stages.{stage}")
-
-
-def check_stage_against_model(st: dict, stage: str, path, model_cfg: dict, key: str, modules=None):
-    """A stage's settings against its base model (shared by planning and the training job).
-    `modules`: the model's leaf module names (default: read from its safetensors headers)."""
-    if st.get("deepspeed") in ("zero3", "zero3_offload") and model_cfg.get("quantization_config"):
-        raise ConfigError(f"{key}.deepspeed", f"the base model at {path} is already quantized; ZeRO-3 cannot "
-                          "partition quantized checkpoints: use zero2, or an unquantized base with finetuning: qlora")
-    if st["finetuning"] == "full" and model_cfg.get("quantization_config"):
-        raise ConfigError(f"{key}.finetuning", f"the base model at {path} is quantized; full fine-tuning needs unquantized weights")
-    if st["finetuning"] != "full":
-        present = modules if modules is not None else _modules(str(path))
-        targets = st["lora"]["target_modules"]
-        for i, name in enumerate([] if targets == "all-linear" else targets):
-            if present and name not in present:
-                raise ConfigError(f"{key}.lora.target_modules[{i}]", f"module '{name}' does not exist in {path} "
-                                  f"(its modules: {', '.join(sorted(present))})")
-        for i, name in enumerate(st["lora"]["modules_to_save"]):
-            if present and name not in present:
-                raise ConfigError(f"{key}.lora.modules_to_save[{i}]", f"module '{name}' does not exist in {path}")
-    models.check_max_length(st["training"]["max_length"], model_cfg, f"{key}.training.max_length",
-                            st["training"].get("rope_scaling"))
+        models.check_stage_against_model(cfg["stages"][stage], stage, path, model_cfg, f"{prefix}stages.{stage}",
+                                         modules=_modules(str(path)))
 
 
 def preflight(resolved: dict):

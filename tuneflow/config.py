@@ -18,16 +18,13 @@ from pathlib import Path
 import jsonschema
 import yaml
 
+from tuneflow import DEFAULT_VARIANT, deepspeed_config
 from tuneflow.errors import ConfigError
+from tuneflow.stages import STAGE_NAMES, STAGES
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
 DEFAULT_CONFIG = REPO_ROOT / "config" / "config.yaml"
-STAGES = ("pt", "sft", "dpo")
-DEFAULT_VARIANT = "default"
-# Which raw formats each stage can train on.
-STAGE_FORMATS = {"pt": {"text"}, "sft": {"alpaca", "promptcblue", "sharegpt"}, "dpo": {"preference"}}
-DEEPSPEED_PRESETS = ("zero2", "zero3", "zero3_offload")
 
 
 @functools.lru_cache(maxsize=1)
@@ -58,20 +55,29 @@ def _suggest(key, valid, path):
     return f"; did you mean '{_join(path, close[0])}'?" if close else f"; valid keys here: {', '.join(sorted(valid))}"
 
 
-def check_unknown_keys(instance, node=None, path=""):
-    """Refuse keys the schema does not define, suggesting the closest valid one."""
-    node = _deref(schema() if node is None else node)
+def _walk_keys(instance, node, path, unknown):
+    """Visit every key of `instance` against its schema `node`; call unknown(path, key, props) for
+    a key the schema does not define there."""
+    node = _deref(node)
     if not isinstance(instance, dict) or not isinstance(node, dict):
         return
     props = node.get("properties", {})
     extra = node.get("additionalProperties", True)
     for key, value in instance.items():
         if key in props:
-            check_unknown_keys(value, props[key], _join(path, key))
+            _walk_keys(value, props[key], _join(path, key), unknown)
         elif isinstance(extra, dict):
-            check_unknown_keys(value, extra, _join(path, key))
+            _walk_keys(value, extra, _join(path, key), unknown)
         elif extra is False:
-            raise ConfigError(_join(path, key), f"unknown key{_suggest(key, props, path)}")
+            unknown(path, key, props)
+
+
+def check_unknown_keys(instance, node=None, path=""):
+    """Refuse keys the schema does not define, suggesting the closest valid one."""
+    def refuse(where, key, valid):
+        raise ConfigError(_join(where, key), f"unknown key{_suggest(key, valid, where)}")
+
+    _walk_keys(instance, schema() if node is None else node, path, refuse)
 
 
 def fill_defaults(instance, node=None):
@@ -140,34 +146,27 @@ def load_yaml(path) -> dict:
     return data
 
 
-def _check_variant_override(name, override, node=None, path=None):
+def _check_variant_override(name, override):
     """A variant may only override keys that exist in the default config's schema."""
-    path = path or f"variants.{name}"
-    node = _deref(schema() if node is None else node)
-    if not isinstance(override, dict):
-        return
-    props = node.get("properties", {})
-    extra = node.get("additionalProperties", True)
-    for key, value in override.items():
-        if key in props:
-            _check_variant_override(name, value, props[key], _join(path, key))
-        elif isinstance(extra, dict):
-            _check_variant_override(name, value, extra, _join(path, key))
-        else:
-            raise ConfigError(_join(path, key), f"variant overrides a key that does not exist{_suggest(key, props, path)}")
+    def refuse(where, key, valid):
+        raise ConfigError(_join(where, key), f"variant overrides a key that does not exist{_suggest(key, valid, where)}")
+
+    _walk_keys(override, schema(), f"variants.{name}", refuse)
 
 
 def _semantic_checks(cfg, where=""):
     prefix = f"{where}." if where else ""
     datasets = cfg["datasets"]
     for name, ds in datasets.items():
-        for stage in ds["stages"]:
-            if ds["format"] not in STAGE_FORMATS[stage]:
+        for i, stage in enumerate(ds["stages"]):
+            if stage not in STAGES:
+                raise ConfigError(f"datasets.{name}.stages[{i}]", f"unknown stage '{stage}'{_suggest(stage, STAGES, '')}")
+            if ds["format"] not in STAGES[stage].formats:
                 raise ConfigError(
                     f"datasets.{name}.stages",
-                    f"format '{ds['format']}' cannot feed stage '{stage}' (it takes: {', '.join(sorted(STAGE_FORMATS[stage]))})",
+                    f"format '{ds['format']}' cannot feed stage '{stage}' (it takes: {', '.join(sorted(STAGES[stage].formats))})",
                 )
-    for stage in STAGES:
+    for stage in STAGE_NAMES:
         st = cfg["stages"][stage]
         key = f"{prefix}stages.{stage}"
         if st["enabled"] and not stage_datasets(cfg, stage):
@@ -179,8 +178,8 @@ def _semantic_checks(cfg, where=""):
                 "(full fine-tuning cannot train quantized weights)",
             )
         ds = st["deepspeed"]
-        if ds and ds not in DEEPSPEED_PRESETS and not Path(ds).is_file():
-            raise ConfigError(f"{key}.deepspeed", f"'{ds}' is neither a preset ({', '.join(DEEPSPEED_PRESETS)}) nor an existing JSON file")
+        if ds and ds not in deepspeed_config.PRESETS and not Path(ds).is_file():
+            raise ConfigError(f"{key}.deepspeed", f"'{ds}' is neither a preset ({', '.join(deepspeed_config.PRESETS)}) nor an existing JSON file")
         if st["lora"]["use_dora"] and st["finetuning"] == "qlora" and st["quantization"]["bits"] == 8:
             raise ConfigError(f"{key}.lora.use_dora", "DoRA is not supported on 8-bit quantized weights")
     eval_ds = cfg["evaluation"]["datasets"]
@@ -266,12 +265,6 @@ def stage_datasets(cfg, stage) -> list[str]:
 
 
 def enabled_stages(cfg) -> list[str]:
-    return [s for s in STAGES if cfg["stages"][s]["enabled"]]
+    return [s for s in STAGE_NAMES if cfg["stages"][s]["enabled"]]
 
 
-def deepspeed_config_path(value):
-    if not value:
-        return None
-    if value in DEEPSPEED_PRESETS:
-        return str(REPO_ROOT / "config" / "deepspeed" / f"{value}.json")
-    return os.path.abspath(value)

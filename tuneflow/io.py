@@ -4,10 +4,12 @@ complete, so a crash never leaves a half-written file that looks finished."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import gzip
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -74,6 +76,12 @@ def read_json(path):
         return json.load(f)
 
 
+def read_jsonl(path) -> list:
+    """The records of a JSON-lines file that tuneflow wrote (canonical data, predictions)."""
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
 @contextlib.contextmanager
 def atomic_dir(path):
     """Yield a temporary directory that replaces `path` once the block completes.
@@ -107,3 +115,29 @@ def remove_empty_parents(path, stop):
             parent.rmdir()
         except OSError:
             break
+
+
+STORAGE_ERRNOS = {errno.ENOSPC: "No space left on device", errno.EROFS: "Read-only file system",
+                  errno.EACCES: "Permission denied", errno.EDQUOT: "Disk quota exceeded", errno.EFBIG: "File too large",
+                  errno.EIO: "Input/output error"}
+STORAGE_PATTERNS = [(re.compile(p, re.I), e) for p, e in (
+    (r"no space left on device|os error 28", errno.ENOSPC), (r"read-only file system|os error 30", errno.EROFS),
+    (r"permission denied|os error 13", errno.EACCES), (r"disk quota exceeded", errno.EDQUOT),
+    (r"file write failed|failed writing", errno.EIO))]
+
+
+def storage_error(exc: BaseException) -> tuple[int, str] | None:
+    """(errno, description) when `exc` (or what caused it) is a failed write to disk.
+
+    torch.save and safetensors wrap OS errors in their own exception types, so the chain and the
+    messages are inspected too."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS:
+            return exc.errno, exc.strerror or STORAGE_ERRNOS[exc.errno]
+        for pattern, code in STORAGE_PATTERNS:
+            if pattern.search(str(exc)):
+                return code, STORAGE_ERRNOS[code]
+        exc = exc.__cause__ or exc.__context__
+    return None

@@ -28,13 +28,15 @@ def _samples(vocab_size, n=4, length=32, seed=0):
     return torch.randint(0, vocab_size, (n, length), generator=g)
 
 
-def merge_adapter(base_spec: dict, adapter_dir, finetuning: str, out_dir) -> dict:
+def merge_adapter(settings: dict, adapter_dir, out_dir) -> dict:
+    """`settings` (tuneflow.plan.Plan.merge_settings): the stage's base_model block, its finetuning
+    method and the RoPE scaling it trained with (kept in the merged model)."""
     import torch
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM
 
     from tuneflow import models
 
+    base_spec, finetuning = settings["base_model"], settings["finetuning"]
     adapter_dir = Path(adapter_dir)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if finetuning == "full":
@@ -42,21 +44,16 @@ def merge_adapter(base_spec: dict, adapter_dir, finetuning: str, out_dir) -> dic
             for pattern in MODEL_FILES:
                 for f in adapter_dir.glob(pattern):
                     shutil.copy2(f, tmp / f.name)
-            model = AutoModelForCausalLM.from_pretrained(tmp, use_safetensors=True)
+            model = models.load_causal_lm({"path": str(tmp)}, tmp)  # the copy loads (safetensors)
             check = {"method": "full fine-tuning: trained weights copied", "max_abs_diff": 0.0,
                      "parameters": sum(p.numel() for p in model.parameters())}
             (tmp / "merge_check.json").write_text(json.dumps(check, indent=2))
         return check
 
     base_dir = models.resolve_model_path(base_spec["path"], base_spec.get("revision"))
-    model_cfg = models.check_model_dir(base_dir, base_spec)
-    dtype = models.torch_dtype(base_spec.get("torch_dtype", "auto"), model_cfg)
-    # The merged model must keep the RoPE scaling the adapter was trained with.
-    train_info = adapter_dir / "train_info.json"
-    rope_scaling = json.loads(train_info.read_text())["settings"]["training"].get("rope_scaling") if train_info.exists() else None
-    config = models.load_model_config(base_dir, base_spec, rope_scaling)
-    base = AutoModelForCausalLM.from_pretrained(base_dir, config=config, dtype=dtype, trust_remote_code=bool(base_spec.get("trust_remote_code")),
-                                                use_safetensors=not base_spec.get("allow_unsafe_weights")).to(device)
+    # Unquantized, in the stored dtype, with the RoPE scaling the adapter was trained with.
+    base = models.load_causal_lm(base_spec, base_dir, rope_scaling=settings.get("rope_scaling")).to(device)
+    dtype = base.dtype
     model = PeftModel.from_pretrained(base, adapter_dir).to(device).eval()
     ids = _samples(base.config.vocab_size).to(device)
     with torch.no_grad():

@@ -6,6 +6,8 @@
   never written anywhere by us.
 - Weights are safetensors only unless `allow_unsafe_weights` opts in to pickle checkpoints.
 - `trust_remote_code` is off unless the config sets it; a model that needs custom code is named.
+- `load_causal_lm` is the one loader (training, merge, evaluation): the same weight-safety and
+  dtype policy everywhere.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import socket
 from pathlib import Path
 from urllib.parse import urlparse
 
-from tuneflow.errors import ModelError
+from tuneflow.errors import ConfigError, ModelError
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 LOCAL_PREFIXES = ("/", "./", "../", "~", "results/", "resources/")
@@ -157,6 +159,70 @@ def load_model_config(model_dir, spec: dict, rope_scaling: dict | None = None):
         extra = {k: v for k, v in rope_scaling.items() if k != "type"}
         cfg.rope_parameters = {**(cfg.rope_parameters or {}), "rope_type": rope_scaling["type"], **extra}
     return cfg
+
+
+def quantization_config(quantization: dict):
+    """bitsandbytes settings of `stages.<stage>.quantization` (QLoRA) for from_pretrained."""
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    dt = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32, "uint8": torch.uint8}
+    q = quantization
+    if q["bits"] == 4:
+        return BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type=q["quant_type"], bnb_4bit_use_double_quant=q["double_quant"],
+            bnb_4bit_compute_dtype=dt[q["compute_dtype"]], bnb_4bit_quant_storage=dt[q["storage_dtype"]])
+    return BitsAndBytesConfig(load_in_8bit=True)
+
+
+def load_causal_lm(spec: dict, model_dir=None, *, rope_scaling: dict | None = None, quantization: dict | None = None,
+                   attn_implementation: str | None = None):
+    """Load the causal LM `spec` (a base_model block) names, from `model_dir` when already resolved.
+
+    Weights in the dtype `spec.torch_dtype` says (auto = as stored; QLoRA: its compute dtype),
+    safetensors only unless `allow_unsafe_weights`, the model's own code only with
+    `trust_remote_code`; `rope_scaling` on top of the model's RoPE parameters; `quantization`
+    (4/8-bit, bitsandbytes) for QLoRA; `attn_implementation` as resolved by tuneflow.hardware
+    (None: transformers' default)."""
+    model_dir = model_dir or resolve_model_path(spec["path"], spec.get("revision"))
+    model_cfg = check_model_dir(model_dir, spec)
+    from transformers import AutoModelForCausalLM
+
+    kwargs = {
+        "config": load_model_config(model_dir, spec, rope_scaling),
+        "dtype": torch_dtype(spec.get("torch_dtype", "auto"), model_cfg),
+        "trust_remote_code": bool(spec.get("trust_remote_code")),
+        "use_safetensors": not spec.get("allow_unsafe_weights"),
+    }
+    if attn_implementation is not None:
+        kwargs["attn_implementation"] = attn_implementation
+    if quantization is not None:
+        kwargs["quantization_config"] = quantization_config(quantization)
+        if quantization["compute_dtype"] != "float32":
+            kwargs["dtype"] = torch_dtype(quantization["compute_dtype"])
+    return AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
+
+
+def check_stage_against_model(st: dict, stage: str, path, model_cfg: dict, key: str, modules=None):
+    """A stage's settings against its base model (shared by planning and the training job).
+    `modules`: the model's leaf module names (default: read from its safetensors headers)."""
+    if st.get("deepspeed") in ("zero3", "zero3_offload") and model_cfg.get("quantization_config"):
+        raise ConfigError(f"{key}.deepspeed", f"the base model at {path} is already quantized; ZeRO-3 cannot "
+                          "partition quantized checkpoints: use zero2, or an unquantized base with finetuning: qlora")
+    if st["finetuning"] == "full" and model_cfg.get("quantization_config"):
+        raise ConfigError(f"{key}.finetuning", f"the base model at {path} is quantized; full fine-tuning needs unquantized weights")
+    if st["finetuning"] != "full":
+        present = modules if modules is not None else frozenset(module_names(str(path)))
+        targets = st["lora"]["target_modules"]
+        for i, name in enumerate([] if targets == "all-linear" else targets):
+            if present and name not in present:
+                raise ConfigError(f"{key}.lora.target_modules[{i}]", f"module '{name}' does not exist in {path} "
+                                  f"(its modules: {', '.join(sorted(present))})")
+        for i, name in enumerate(st["lora"]["modules_to_save"]):
+            if present and name not in present:
+                raise ConfigError(f"{key}.lora.modules_to_save[{i}]", f"module '{name}' does not exist in {path}")
+    check_max_length(st["training"]["max_length"], model_cfg, f"{key}.training.max_length",
+                     st["training"].get("rope_scaling"))
 
 
 def module_names(model_dir) -> set[str]:

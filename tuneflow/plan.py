@@ -7,8 +7,9 @@ Pure Python over the resolved config, used by the Snakemake rules (workflow/rule
 - A variant reuses every upstream output its overrides do not touch: a stage's directory is the
   default one when the stage's whole lineage (its settings and those of the stages before it)
   equals the default variant's, and results/variants/<name>/... otherwise.
-- Tokenized data is cached per (dataset, stage kind, tokenizer, template, max length, masking)
+- Tokenized data is cached per (dataset, kind of rows, tokenizer, template, max length, masking)
   under results/tokenized/<dataset>/<kind>-<hash>, shared by every stage and variant that agrees.
+- Which stages exist, what each trains on and starts from: tuneflow.stages.
 """
 
 from __future__ import annotations
@@ -18,16 +19,12 @@ import hashlib
 import json
 
 from tuneflow.cluster import processes_per_node
-from tuneflow.config import DEFAULT_VARIANT, STAGES, enabled_stages, stage_datasets
+from tuneflow import DEFAULT_VARIANT
+from tuneflow.config import enabled_stages, stage_datasets
+from tuneflow.stages import STAGES
 
 RESULTS = "results"
 TINY_MODEL_DIR = "results/models/tiny"
-MODEL_NAMES = ("base",) + STAGES
-STAGE_KEYS = {
-    "pt": ("finetuning", "lora", "quantization", "deepspeed", "training"),
-    "sft": ("finetuning", "lora", "quantization", "deepspeed", "training", "mask_prompt"),
-    "dpo": ("finetuning", "lora", "quantization", "deepspeed", "training", "beta", "loss_type", "label_smoothing"),
-}
 
 
 def canonical(obj) -> str:
@@ -64,13 +61,14 @@ class Plan:
         spec = dict(self.vcfg(variant)["base_model"])
         return spec
 
-    def previous_stage(self, variant, stage):
-        before = [s for s in self.stages(variant) if STAGES.index(s) < STAGES.index(stage)]
-        return before[-1] if before else None
+    def base_stage(self, variant, stage):
+        """The stage whose merged model `stage` starts from (None: the base model)."""
+        enabled = self.stages(variant)
+        return next((s for s in STAGES[stage].starts_from if s in enabled), None)
 
     def stage_own_settings(self, variant, stage):
         st = self.vcfg(variant)["stages"][stage]
-        own = {k: copy.deepcopy(st[k]) for k in STAGE_KEYS[stage] if k in st}
+        own = {k: copy.deepcopy(st[k]) for k in STAGES[stage].settings_keys if k in st}
         if own["finetuning"] != "qlora":
             own.pop("quantization", None)  # not used, so not a reason to rerun
         if own["finetuning"] == "full":
@@ -83,14 +81,14 @@ class Plan:
     def lineage(self, variant, stage) -> dict:
         """Everything the stage's result depends on, including every stage before it."""
         v = self.vcfg(variant)
-        prev = self.previous_stage(variant, stage)
+        prev = self.base_stage(variant, stage)
         return {
             "stage": stage,
             "own": self.stage_own_settings(variant, stage),
             "datasets": {d: v["datasets"][d] for d in stage_datasets(v, stage)},
             "data": v["data"],
             "seed": v["seed"],
-            "chat_template": v["chat_template"] if stage != "pt" else None,
+            "chat_template": v["chat_template"] if STAGES[stage].uses_chat_template else None,
             "upstream": self.lineage(variant, prev) if prev else {"base_model": self.model_spec(variant),
                                                                   "tiny_model": self._tiny_if_used(variant)},
         }
@@ -119,7 +117,7 @@ class Plan:
     def stage_base_spec(self, variant, stage) -> dict:
         """The model a stage starts from: the previous enabled stage's merged model, else the base."""
         spec = self.model_spec(variant)
-        prev = self.previous_stage(variant, stage)
+        prev = self.base_stage(variant, stage)
         if prev:
             # Our merged checkpoints are safetensors without custom code of their own.
             spec = {**spec, "path": self.merged_dir(variant, prev), "revision": None, "allow_unsafe_weights": False}
@@ -135,12 +133,18 @@ class Plan:
             **self.stage_own_settings(variant, stage),
         }
 
+    def merge_settings(self, variant, stage) -> dict:
+        """What merging a stage's adapter into its base depends on (the merge rule's params)."""
+        st = self.vcfg(variant)["stages"][stage]
+        return {"base_model": self.stage_base_spec(variant, stage), "finetuning": st["finetuning"],
+                "rope_scaling": st["training"]["rope_scaling"]}
+
     def stage_resources(self, variant, stage) -> dict:
         return self.vcfg(variant)["stages"][stage]["resources"]
 
     # -- data -----------------------------------------------------------------------------------
 
-    def convert_spec(self, dataset) -> dict:
+    def convert_settings(self, dataset) -> dict:
         """Datasets cannot be overridden by variants, so the default config defines them."""
         cfg = self.variants[DEFAULT_VARIANT]
         ds, data = cfg["datasets"][dataset], cfg["data"]
@@ -153,24 +157,29 @@ class Plan:
         }
 
     def tokenize_settings(self, variant, stage) -> dict:
+        """Exactly what the token ids depend on (so a RoPE or learning-rate change re-tokenizes
+        nothing): the kind of rows, the tokenizer, max length, template and masking."""
         v = self.vcfg(variant)
-        t = v["stages"][stage]["training"]
+        st = v["stages"][stage]
         spec = self.model_spec(variant)
-        s = {"kind": stage, "model": {k: spec[k] for k in ("path", "revision", "trust_remote_code")},
-             "max_length": t["max_length"], "rope_scaling": t["rope_scaling"],
-             "max_length_key": f"stages.{stage}.training.max_length"}
-        if stage != "pt":
+        s = {"kind": STAGES[stage].tokenized, "model": {k: spec[k] for k in ("path", "revision", "trust_remote_code")},
+             "max_length": st["training"]["max_length"]}
+        if STAGES[stage].uses_chat_template:
             s["chat_template"] = v["chat_template"]
-        if stage == "sft":
-            s["mask_prompt"] = v["stages"]["sft"]["mask_prompt"]
+        if "mask_prompt" in STAGES[stage].settings_keys:
+            s["mask_prompt"] = st["mask_prompt"]
         return s
 
     def tokenize_key(self, variant, stage) -> str:
-        return f"{stage}-{short_hash(self.tokenize_settings(variant, stage))}"
+        s = self.tokenize_settings(variant, stage)
+        return f"{s['kind']}-{short_hash(s)}"
 
     def tokenized_dirs(self, variant, stage):
         key = self.tokenize_key(variant, stage)
         return [f"{RESULTS}/tokenized/{d}/{key}" for d in stage_datasets(self.vcfg(variant), stage)]
+
+    def converted_dirs(self, variant, stage):
+        return [f"{RESULTS}/data/{d}" for d in stage_datasets(self.vcfg(variant), stage)]
 
     def tokenize_registry(self) -> dict:
         """key -> tokenize settings, for every key some variant needs."""
@@ -197,13 +206,15 @@ class Plan:
                 "allow_unsafe_weights": False}
 
     def eval_reference_spec(self, variant, model):
-        """DPO is scored against the model it started from (its reference); others need none."""
-        return self.stage_base_spec(variant, "dpo") if model == "dpo" else None
+        """A preference stage (DPO) is scored against the model it started from (its reference);
+        others need none."""
+        scored = model in STAGES and STAGES[model].scored_against_reference
+        return self.stage_base_spec(variant, model) if scored else None
 
     def eval_settings(self, variant, model) -> dict:
         """What evaluating `model` uses, and nothing else: the evaluated datasets and their formats,
-        generation settings when instruction data is evaluated, and for the DPO model its
-        reference model and beta (implicit rewards)."""
+        generation settings when instruction data is evaluated, and for a preference stage (DPO)
+        its reference model and beta (implicit rewards)."""
         v = self.vcfg(variant)
         e = v["evaluation"]
         datasets = {d: v["datasets"][d]["format"] for d in self.eval_datasets(variant)}
@@ -211,9 +222,10 @@ class Plan:
              "max_samples": e["max_samples"], "batch_size": e["batch_size"], "seed": v["seed"]}
         if any(f in ("alpaca", "sharegpt", "promptcblue") for f in datasets.values()):
             s.update({k: e[k] for k in ("max_new_tokens", "do_sample", "temperature")})
-        if model == "dpo" and "preference" in datasets.values():
-            s["reference"] = self.eval_reference_spec(variant, model)
-            s["beta"] = v["stages"]["dpo"]["beta"]
+        reference = self.eval_reference_spec(variant, model)
+        if reference and "preference" in datasets.values():
+            s["reference"] = reference
+            s["beta"] = v["stages"][model]["beta"]
         return s
 
     def eval_lineage(self, variant, model):

@@ -1,10 +1,11 @@
-"""Render a report bundle (the dict the pipeline writes as JSON) into one self-contained HTML page.
+"""The report (the `report` rule): gather everything it shows into a bundle (`build_bundle`, written
+as JSON next to the page) and render that into one self-contained HTML page.
 
 The page needs no network at all: CSS is inline, charts are inline SVG built here, and the only
 script is a few lines that make tables sortable (the page reads the same without it). Every string
 taken from the bundle is user-controlled and goes through `esc()` before it reaches the page.
 
-Public API: `render_html(bundle) -> str`, `write_report(bundle, path)`; the small pure helpers
+Public API: `build_bundle(...)`, `render_html(bundle) -> str`, `write_report(bundle, path)`; the small pure helpers
 (`flatten_config`, `config_diff`, `pivot_summary`, `stage_deltas`, `variant_deltas`,
 `delta_class`, `fmt_num`, `nice_ticks`) are unit-tested on their own.
 """
@@ -12,28 +13,94 @@ Public API: `render_html(bundle) -> str`, `write_report(bundle, path)`; the smal
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import html
 import json
 import math
-import os
 import sys
-import tempfile
 from pathlib import Path
 
-MODEL_ORDER = ("base", "pt", "sft", "dpo")
-STAGE_ORDER = ("pt", "sft", "dpo")
+from tuneflow import DEFAULT_VARIANT
+from tuneflow.io import atomic_file, read_json
+from tuneflow.stages import STAGE_NAMES, STAGES
+from tuneflow.summarize import LOWER_IS_BETTER, read_summary
+
+MODEL_ORDER = ("base", *STAGE_NAMES)
+STAGE_ORDER = STAGE_NAMES
 # (label, newer model, older model): the deltas shown next to the per-model values.
-DELTA_PAIRS = (("PT − base", "pt", "base"), ("SFT − base", "sft", "base"), ("DPO − SFT", "dpo", "sft"))
+DELTA_PAIRS = tuple((f"{s.label} − {STAGES[s.compared_with].label if s.compared_with in STAGES else s.compared_with}",
+                     s.name, s.compared_with) for s in STAGES.values())
 METRIC_ORDER = ("rougeL", "bleu4", "exact_match", "eval_loss", "perplexity",
                 "preference_accuracy", "reward_margin", "promptcblue_overall")
 # Used only when the bundle has no `metric_direction` at all; otherwise the bundle's map rules and
 # every metric it does not name is higher-is-better.
-DEFAULT_METRIC_DIRECTION = {"eval_loss": "lower", "perplexity": "lower"}
-DEFAULT_VARIANT = "default"
+DEFAULT_METRIC_DIRECTION = LOWER_IS_BETTER
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2",
            "#17becf", "#7f7f7f", "#bcbd22")
 MAX_PLOT_POINTS = 1500  # longer series are decimated (min/max per bucket) before drawing
 MISSING = object()  # a config key present on one side of a diff only
+
+
+# --------------------------------------------------------------------------- the bundle
+
+
+def merge_per_stage(recorded) -> dict:
+    """[(stage label, {key: value})] -> {key: value}, or 'value (stages); other (stages)' where the
+    stages recorded different values (say, training on another node or software version)."""
+    merged = {}
+    for key in dict.fromkeys(k for _, d in recorded for k in d):
+        by_value = {}
+        for label, d in recorded:
+            if key in d:
+                by_value.setdefault(repr(d[key]), (d[key], []))[1].append(label)
+        if len(by_value) == 1:
+            merged[key] = next(iter(by_value.values()))[0]
+        else:
+            merged[key] = "; ".join(f"{v} ({', '.join(labels)})" for v, labels in by_value.values())
+    return merged
+
+
+def build_bundle(summary_path, eval_jobs, trained, configs, repo_dir, title="tuneflow report") -> dict:
+    """Everything the page shows, as one JSON document. trained: (variant, stage, adapter_dir);
+    configs: variant -> effective config."""
+    from tuneflow.provenance import git_state, versions
+
+    training, wall = [], []
+    data_seen = {}
+    packages, hardware = [], []  # what each stage recorded when it trained, not what the report runs with
+    for variant, stage, adapter_dir in trained:
+        info = read_json(Path(adapter_dir) / "train_info.json")
+        log = read_json(Path(adapter_dir) / "loss_log.json")
+        training.append({"variant": variant, "stage": stage, "finetuning": info.get("finetuning"), "log": log,
+                         "info": {k: info.get(k) for k in ("wall_time_s", "train_runtime_s", "world_size", "train_tokens",
+                                                           "steps", "resumed_from_step", "deepspeed")}})
+        wall.append({"variant": variant, "stage": stage, "seconds": info.get("wall_time_s")})
+        label = stage if variant == "default" else f"{variant}/{stage}"
+        packages.append((label, info.get("versions") or {}))
+        hardware.append((label, info.get("hardware") or {}))
+        for d in info.get("data", []):
+            data_seen[d["dataset"]] = {"dataset": d["dataset"], "files": d["sources"],
+                                       "kept": d["counts"]["kept"], "dropped": d["counts"]["dropped"]}
+    promptcblue = []
+    for variant, model, dataset, path in eval_jobs:
+        res = read_json(path)
+        if "promptcblue" in res:
+            p = res["promptcblue"]
+            promptcblue.append({"variant": variant, "model": model, "dataset": dataset, "overall": p["overall"],
+                                "tasks": {t: {"primary": e["primary"], "score": e["score"]} for t, e in p["tasks"].items()}})
+    return {
+        "title": title,
+        "generated_at": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "summary": read_summary(summary_path),
+        "metric_direction": LOWER_IS_BETTER,
+        "training": training,
+        "promptcblue": promptcblue,
+        "configs": configs,
+        "provenance": {**git_state(repo_dir),
+                       "packages": merge_per_stage(packages) if packages else versions(),
+                       "hardware": merge_per_stage(hardware), "data": list(data_seen.values()),
+                       "wall_time": wall},
+    }
 
 
 # --------------------------------------------------------------------------- small pure helpers
@@ -828,22 +895,12 @@ def render_html(bundle: dict) -> str:
 
 
 def write_report(bundle: dict, path) -> Path:
-    """Render and write atomically: a temp file in the same directory, fsynced, then `os.replace`d
-    over `path`. A failure (while rendering or writing) leaves any previous page untouched."""
+    """Render, then write atomically (tuneflow.io.atomic_file): a failure while rendering or
+    writing leaves any previous page untouched."""
     path = Path(path)
     page = render_html(bundle)  # before touching the disk: a render error writes nothing
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(page)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as f:
+        f.write(page)
     return path
 
 

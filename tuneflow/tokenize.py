@@ -1,4 +1,4 @@
-"""Tokenize converted data once per (tokenizer, template, max length, stage kind) and cache it.
+"""Tokenize converted data once per (kind of rows, tokenizer, template, max length) and cache it.
 
 Output directory: train/ and validation/ (Hugging Face `datasets` saved to disk) + meta.json.
   pt:  {"input_ids"}  documents joined with EOS and cut into blocks of exactly max_length tokens
@@ -13,9 +13,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tuneflow.data.convert import read_jsonl
 from tuneflow.errors import TuneflowError
-from tuneflow.io import atomic_dir
+from tuneflow.io import atomic_dir, read_jsonl
 from tuneflow.templates import assistant_spans, render
 
 IGNORE = -100
@@ -105,7 +104,8 @@ def tokenize_dpo(records, tokenizer, max_length):
     return rows, stats
 
 
-def tokenize_split(kind, records, tokenizer, settings):
+def tokenize_split(records, tokenizer, settings):
+    kind = settings["kind"]
     if kind == "pt":
         return tokenize_pt(records, tokenizer, settings["max_length"])
     if kind == "sft":
@@ -115,15 +115,17 @@ def tokenize_split(kind, records, tokenizer, settings):
     raise ValueError(kind)
 
 
-def tokenize_dataset(kind: str, data_dir, tokenizer, settings: dict, out_dir) -> dict:
+def tokenize_dataset(data_dir, tokenizer, settings: dict, out_dir) -> dict:
+    """`settings`: tuneflow.plan.Plan.tokenize_settings (kind, max_length, chat_template, mask_prompt)."""
     from datasets import Dataset
 
     data_dir = Path(data_dir)
+    kind = settings["kind"]
     meta = {"kind": kind, "settings": settings, "source": str(data_dir), "splits": {}}
     with atomic_dir(out_dir) as tmp:
         for split in ("train", "validation"):
             records = read_jsonl(data_dir / f"{split}.jsonl")
-            rows, stats = tokenize_split(kind, records, tokenizer, settings)
+            rows, stats = tokenize_split(records, tokenizer, settings)
             if split == "train" and not rows:
                 raise TuneflowError(f"{data_dir}/train.jsonl: no sample left after tokenization ({json.dumps(stats)}); "
                                     "is max_length too small?")

@@ -38,19 +38,20 @@ def is_validation(key: str, seed: int, fraction: float) -> bool:
     return int.from_bytes(digest[:8], "big") / 2**64 < fraction
 
 
-def convert_dataset(spec: dict, out_dir) -> dict:
-    """Convert per `spec` (a dataset entry of the config plus data settings); returns the manifest.
+def convert_dataset(settings: dict, out_dir) -> dict:
+    """Convert per `settings` (tuneflow.plan.Plan.convert_settings: a dataset entry of the config
+    plus the data settings); returns the manifest.
 
-    spec keys: name, path, format, columns, system, validation_fraction, split_seed,
+    keys: name, path, format, columns, system, validation_fraction, split_seed,
     on_bad_record ("error" | "skip"), duplicate_ids ("error" | "rename"), max_records, max_record_bytes.
     """
-    name, fmt = spec["name"], spec["format"]
+    name, fmt = settings["name"], settings["format"]
     convert = CONVERTERS[fmt]
-    columns = spec.get("columns") or {}
-    skip_bad = spec.get("on_bad_record", "error") == "skip"
-    rename_ids = spec.get("duplicate_ids", "error") == "rename"
-    fraction, seed = float(spec["validation_fraction"]), int(spec["split_seed"])
-    files = resolve_paths(spec["path"], key=f"datasets.{name}.path")
+    columns = settings.get("columns") or {}
+    skip_bad = settings.get("on_bad_record", "error") == "skip"
+    rename_ids = settings.get("duplicate_ids", "error") == "rename"
+    fraction, seed = float(settings["validation_fraction"]), int(settings["split_seed"])
+    files = resolve_paths(settings["path"], key=f"datasets.{name}.path")
 
     counts = Counter()
     reasons = Counter()
@@ -58,7 +59,7 @@ def convert_dataset(spec: dict, out_dir) -> dict:
     sources = []
     seen_ids: dict[str, str] = {}
     train, validation = [], []
-    max_records = spec.get("max_records")
+    max_records = settings.get("max_records")
 
     def drop(raw, problem, category=None, hint="set data.on_bad_record: skip to drop such records and count them in the manifest"):
         where = {"file": raw.path, "line": raw.line} if raw.line is not None else {"file": raw.path, "index": raw.index}
@@ -73,11 +74,11 @@ def convert_dataset(spec: dict, out_dir) -> dict:
     for path in files:
         info = SourceInfo(str(path))
         read_here = 0
-        for raw in iter_records(path, info, plain_text=(fmt == "text"), max_record_bytes=spec.get("max_record_bytes")):
+        for raw in iter_records(path, info, plain_text=(fmt == "text"), max_record_bytes=settings.get("max_record_bytes")):
             read_here += 1
             counts["read"] += 1
             try:
-                rec = convert(raw.value, columns, spec.get("system"))
+                rec = convert(raw.value, columns, settings.get("system"))
             except RecordError as e:
                 drop(raw, str(e))
                 continue
@@ -115,16 +116,16 @@ def convert_dataset(spec: dict, out_dir) -> dict:
 
     if counts["kept"] == 0:
         detail = "; ".join(f"{n} x {r}" for r, n in reasons.most_common(3))
-        raise DataError(spec["path"], f"no records left after conversion (read {counts['read']}"
+        raise DataError(settings["path"], f"no records left after conversion (read {counts['read']}"
                                       + (f", dropped: {detail}" if detail else "") + ")")
     if not train:
-        raise DataError(spec["path"], f"every one of the {counts['kept']} records fell into the validation split; "
+        raise DataError(settings["path"], f"every one of the {counts['kept']} records fell into the validation split; "
                                       "lower validation_fraction")
 
     manifest = {
         "dataset": name,
         "format": fmt,
-        "path": spec["path"],
+        "path": settings["path"],
         "columns": columns,
         "sources": sources,
         "counts": {"read": counts["read"], "kept": counts["kept"], "dropped": counts["dropped"],
@@ -145,8 +146,3 @@ def convert_dataset(spec: dict, out_dir) -> dict:
             json.dump(manifest, f, indent=2, ensure_ascii=False)
             f.write("\n")
     return manifest
-
-
-def read_jsonl(path):
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]

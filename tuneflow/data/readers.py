@@ -57,7 +57,10 @@ def resolve_paths(pattern: str, key: str = "path") -> list[Path]:
 
 def read_text(path: Path) -> str:
     """Decode a whole file as UTF-8, reporting the line of the first undecodable byte."""
-    raw = gzip.open(path, "rb").read() if str(path).endswith(".gz") else Path(path).read_bytes()
+    try:
+        raw = gzip.open(path, "rb").read() if str(path).endswith(".gz") else Path(path).read_bytes()
+    except OSError as e:
+        raise DataError(path, f"cannot read: {e.strerror or e}") from None
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as e:

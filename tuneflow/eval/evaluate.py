@@ -12,13 +12,13 @@ Predictions are written as JSONL next to the scores.
 
 from __future__ import annotations
 
-import datetime
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
+
+from tuneflow import distributed, hardware
 
 # Rank 0 scores and writes every dataset while the others wait at a barrier, and shards are
 # uneven: far longer than the 10-minute default of the process group.
@@ -27,48 +27,12 @@ DIST_TIMEOUT_S = 7200
 # vocabulary and long samples do not multiply into tens of GB.
 LOGIT_BUDGET = 2**27
 
-def _dist():
-    import torch
-    import torch.distributed as dist
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if torch.cuda.is_available():
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=DIST_TIMEOUT_S))
-    return int(os.environ.get("RANK", "0")), world
-
-
-def _gather(obj, world):
-    if world == 1:
-        return [obj]
-    import torch.distributed as dist
-
-    out = [None] * world
-    dist.all_gather_object(out, obj)
-    return out
-
-
-def _device():
-    import torch
-
-    if torch.cuda.is_available():
-        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-    return "cpu"
-
 
 def load_model(spec, device):
-    from transformers import AutoModelForCausalLM
-
     from tuneflow import models
 
     model_dir = models.resolve_model_path(spec["path"], spec.get("revision"))
-    cfg = models.check_model_dir(model_dir, spec)
-    model = AutoModelForCausalLM.from_pretrained(
-        model_dir, dtype=models.torch_dtype(spec.get("torch_dtype", "auto"), cfg),
-        trust_remote_code=bool(spec.get("trust_remote_code")), use_safetensors=not spec.get("allow_unsafe_weights"))
-    return model.to(device).eval(), model_dir
+    return models.load_causal_lm(spec, model_dir).to(device).eval(), model_dir
 
 
 def _batches(items, size):
@@ -160,9 +124,9 @@ def preference_metrics(pairs, beta=None) -> dict:
 
 def evaluate_dataset(model, tokenizer, ref_model, settings, name, fmt, data_dir, rank, world, device):
     """Evaluate one dataset's validation split; returns the result on rank 0 (None elsewhere)."""
-    from tuneflow.data.convert import read_jsonl
+    from tuneflow.io import read_jsonl
     from tuneflow.templates import assistant_spans, render
-    from tuneflow.tokenization import labels_from_spans
+    from tuneflow.tokenize import labels_from_spans
 
     started = time.time()
     records = read_jsonl(Path(data_dir) / "validation.jsonl")[: settings["max_samples"]]
@@ -211,7 +175,7 @@ def evaluate_dataset(model, tokenizer, ref_model, settings, name, fmt, data_dir,
                 entry.update(ref_chosen=ref[2 * j], ref_rejected=ref[2 * j + 1])
             local["pref"].append(entry)
 
-    gathered = _gather(local, world)
+    gathered = distributed.gather(local)
     if rank != 0:
         return None, None
     loss_sum = sum(g["loss_sum"] for g in gathered)
@@ -249,12 +213,10 @@ def evaluate(settings: dict, data_dirs: dict, out_dir):
     from tuneflow import models
     from tuneflow.io import atomic_dir
 
-    from tuneflow.train.common import die_with_launcher
-
-    die_with_launcher()
-    rank, world = _dist()
+    distributed.die_with_launcher()
+    rank, world = distributed.start(DIST_TIMEOUT_S)
     torch.manual_seed(settings["seed"])
-    device = _device()
+    device = hardware.device()
     model, model_dir = load_model(settings["model"], device)
     tokenizer = models.load_tokenizer(model_dir, settings["model"], settings.get("chat_template"))
     ref_model = load_model(settings["reference"], device)[0] if settings.get("reference") else None
@@ -273,8 +235,5 @@ def evaluate(settings: dict, data_dirs: dict, out_dir):
                 with open(tmp / f"{name}.predictions.jsonl", "w", encoding="utf-8") as f:
                     for p in preds or []:
                         f.write(json.dumps({k: v for k, v in p.items() if k != "index"}, ensure_ascii=False) + "\n")
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
+    distributed.barrier()
     return results

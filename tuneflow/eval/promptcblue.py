@@ -778,46 +778,18 @@ def round_scores(result: dict, digits: int = 4) -> dict:
 # Files
 # ---------------------------------------------------------------------------------------------
 
-_LINE_BREAK = re.compile(r"\r\n|\r|\n")
-
-
 def read_jsonl(path) -> list[tuple[int, dict]]:
-    """(line number, record) for each non-blank line of a JSON-lines file (or records of a JSON array).
+    """(line number, record) for each record of a JSON-lines file (or a JSON array: record number
+    from 1), read by tuneflow.data.readers (\\r\\n, \\r or \\n line ends, `.gz`, a UTF-8 BOM); a
+    record that is not an object raises DataError naming the file and line."""
+    from tuneflow.data.readers import SourceInfo, iter_records
 
-    Lines may end in \\r\\n, \\r or \\n; `.gz` is decompressed; a UTF-8 BOM is dropped. A bad line
-    raises DataError naming the file and line.
-    """
-    import gzip
-
-    path = Path(path)
-    try:
-        raw = gzip.open(path, "rb").read() if path.name.endswith(".gz") else path.read_bytes()
-    except OSError as e:
-        raise DataError(path, f"cannot read: {e.strerror or e}") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        raise DataError(path, f"not valid UTF-8 (byte offset {e.start})", line=line) from None
-    text = text.lstrip("\ufeff")
-    if text.lstrip()[:1] == "[":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise DataError(path, f"invalid JSON: {e.msg} (column {e.colno})", line=e.lineno) from None
-        records = list(enumerate(data, 1))
-    else:
-        records = []
-        for lineno, line in enumerate(_LINE_BREAK.split(text), 1):
-            if not line.strip():
-                continue
-            try:
-                records.append((lineno, json.loads(line)))
-            except json.JSONDecodeError as e:
-                raise DataError(path, f"invalid JSON: {e.msg} (column {e.colno})", line=lineno) from None
-    for lineno, rec in records:
-        if not isinstance(rec, dict):
-            raise DataError(path, f"expected a JSON object, got {type(rec).__name__}", line=lineno)
+    records = []
+    for raw in iter_records(Path(path), SourceInfo(str(path))):
+        where = raw.line if raw.line is not None else raw.index + 1
+        if not isinstance(raw.value, dict):
+            raise DataError(path, f"expected a JSON object, got {type(raw.value).__name__}", line=where)
+        records.append((where, raw.value))
     return records
 
 

@@ -14,6 +14,8 @@ from tuneflow.cluster import processes_per_node, rule_resources  # noqa: E402
 from tuneflow.data.readers import resolve_paths  # noqa: E402
 from tuneflow.errors import TuneflowError  # noqa: E402
 from tuneflow.plan import Plan, canonical  # noqa: E402
+from tuneflow.deepspeed_config import deepspeed_config_path  # noqa: E402
+from tuneflow.stages import STAGE_NAMES, STAGES  # noqa: E402
 
 # Friendly errors first (unknown keys with suggestions, dotted key names), then Snakemake's own
 # validation against the same schema.
@@ -29,10 +31,10 @@ TOKENIZE = PLAN.tokenize_registry()
 
 wildcard_constraints:
     vprefix=r"(variants/[A-Za-z0-9_][A-Za-z0-9_.-]*/)?",
-    stage=r"pt|sft|dpo",
-    model=r"base|pt|sft|dpo",
+    stage="|".join(STAGE_NAMES),
+    model="|".join(("base", *STAGE_NAMES)),
     dataset=r"[A-Za-z0-9_][A-Za-z0-9_.-]*",
-    key=r"(pt|sft|dpo)-[0-9a-f]{10}",
+    key=rf"({'|'.join(sorted({s.tokenized for s in STAGES.values()}))})-[0-9a-f]{{10}}",
 
 
 def src(path):
@@ -70,7 +72,7 @@ def tokenizer_inputs(spec):
 
 
 def raw_files(dataset):
-    spec = PLAN.convert_spec(dataset)
+    spec = PLAN.convert_settings(dataset)
     try:
         return [str(p) for p in resolve_paths(spec["path"], key=f"datasets.{dataset}.path")]
     except TuneflowError as e:
@@ -83,15 +85,16 @@ def raw_files(dataset):
 def train_inputs(stage):
     def inputs(w):
         v = variant(w)
-        data = PLAN.tokenized_dirs(v, stage)
-        deepspeed = tuneflow_config.deepspeed_config_path(PLAN.stage_own_settings(v, stage).get("deepspeed"))
+        deepspeed = deepspeed_config_path(PLAN.stage_own_settings(v, stage).get("deepspeed"))
         return {
             "launcher": src("scripts/launch.py"),
             "script": src("scripts/train.py"),
-            "data": data,
-            "converted": [f"results/data/{d.split('/')[2]}" for d in data],
+            "data": PLAN.tokenized_dirs(v, stage),
+            "converted": PLAN.converted_dirs(v, stage),
             "base": model_inputs(PLAN.stage_base_spec(v, stage)),
-            "code": code("tuneflow/launch.py", "tuneflow/train/common.py", f"tuneflow/train/{stage}.py", "tuneflow/models.py"),
+            "code": code("tuneflow/launch.py", "tuneflow/distributed.py", "tuneflow/hardware.py", "tuneflow/models.py",
+                         "tuneflow/train/setup.py", "tuneflow/train/checkpoints.py", "tuneflow/train/outputs.py",
+                         STAGES[stage].recipe_file),
             # editing the DeepSpeed JSON the stage uses reruns it
             "deepspeed": [os.path.relpath(deepspeed)] if deepspeed else [],
         }
@@ -152,7 +155,7 @@ def eval_inputs(w):
         "data": [f"results/data/{d}" for d in s["datasets"]],
         "model": model_inputs(s["model"]),
         "code": code("tuneflow/eval/evaluate.py", "tuneflow/eval/text_metrics.py", "tuneflow/eval/promptcblue.py",
-                     "tuneflow/templates.py"),
+                     "tuneflow/templates.py", "tuneflow/models.py"),
     }
     if s.get("reference"):
         inputs["reference"] = model_inputs(s["reference"])

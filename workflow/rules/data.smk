@@ -9,13 +9,13 @@ rule convert:
         raw=lambda w: raw_files(w.dataset),
         code=code("tuneflow/data/convert.py", "tuneflow/data/formats.py", "tuneflow/data/readers.py"),
     params:
-        spec=lambda w: jsonarg(PLAN.convert_spec(w.dataset)),
+        settings=lambda w: jsonarg(PLAN.convert_settings(w.dataset)),
     log:
         "logs/convert/{dataset}.log",
     conda:
         "../../envs/data.yaml"
     shell:
-        "python {input.script} --spec {params.spec:q} --out {output} > {log} 2>&1"
+        "python {input.script} --settings {params.settings:q} --out {output} > {log} 2>&1"
 
 
 rule tokenize:
@@ -25,14 +25,12 @@ rule tokenize:
         script=src("scripts/tokenize_data.py"),
         data="results/data/{dataset}",
         tokenizer=lambda w: tokenizer_inputs(TOKENIZE[w.key]["model"]),
-        code=code("tuneflow/tokenization.py", "tuneflow/templates.py"),
+        code=code("tuneflow/tokenize.py", "tuneflow/templates.py"),
     params:
-        kind=lambda w: TOKENIZE[w.key]["kind"],
-        settings=lambda w: jsonarg({k: v for k, v in TOKENIZE[w.key].items() if k != "kind"}),
+        settings=lambda w: jsonarg(TOKENIZE[w.key]),
     log:
         "logs/tokenize/{dataset}/{key}.log",
     conda:
         "../../envs/data.yaml"
     shell:
-        "python {input.script} --kind {params.kind} --data {input.data}"
-        " --settings {params.settings:q} --out {output} > {log} 2>&1"
+        "python {input.script} --data {input.data} --settings {params.settings:q} --out {output} > {log} 2>&1"

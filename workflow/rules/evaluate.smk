@@ -33,7 +33,7 @@ rule summarize:
     input:
         script=src("scripts/summarize.py"),
         evals=PLAN.eval_dirs(),
-        code=code("tuneflow/summary.py"),
+        code=code("tuneflow/summarize.py"),
     params:
         jobs=jsonarg(PLAN.eval_jobs()),
     log:

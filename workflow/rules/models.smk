@@ -5,7 +5,7 @@ rule tiny_model:
     output:
         directory("results/models/tiny"),
     input:
-        script=src("scripts/make_tiny_model.py"),
+        script=src("scripts/tiny_model.py"),
         corpus=RESOLVED["tiny_model"]["corpus"],
         code=code("tuneflow/tiny_model.py"),
     params:

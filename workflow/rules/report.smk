@@ -15,7 +15,7 @@ rule report:
         summary="results/eval/summary.tsv",
         evals=PLAN.eval_dirs(),
         adapters=[t[2] for t in PLAN.trained_stages()],
-        code=code("tuneflow/report.py", "tuneflow/summary.py"),
+        code=code("tuneflow/report.py", "tuneflow/summarize.py"),
     params:
         plan=jsonarg(report_plan()),
     log:

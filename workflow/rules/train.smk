@@ -1,67 +1,32 @@
-# PT -> merge -> SFT -> merge -> DPO -> merge. Each training job runs scripts/train.py under
-# torchrun (scripts/launch.py: srun + one torchrun per node on a multi-node Slurm allocation) with
-# the nodes / processes / GPUs of stages.<stage>.resources. Checkpoints live in results/work/, so
-# a failed or preempted job resumes from them when it runs again.
+# One train_<stage> rule per stage of tuneflow.stages (PT -> merge -> SFT -> merge -> DPO -> merge,
+# each stage starting from the merged model of the one before it). Each training job runs
+# scripts/train.py under torchrun (scripts/launch.py: srun + one torchrun per node on a multi-node
+# Slurm allocation) with the nodes / processes / GPUs of stages.<stage>.resources. Checkpoints
+# live in results/work/, so a failed or preempted job resumes from them when it runs again.
 
 
-rule train_pt:
-    output:
-        directory("results/{vprefix}adapters/pt"),
-    input:
-        unpack(train_inputs("pt")),
-    params:
-        **train_params("pt"),
-    threads: train_threads("pt")
-    resources:
-        **train_resources("pt"),
-    log:
-        "logs/{vprefix}train_pt.log",
-    conda:
-        "../../envs/train.yaml"
-    shell:
-        "python {input.launcher} --nnodes {resources.nodes} --nproc-per-node {params.nproc}"
-        " {input.script} {params.stage} --settings {params.settings:q} --data {input.data}"
-        " --data-manifests {params.manifests} --output {output} --work-dir {params.work} > {log} 2>&1"
+for _stage in STAGE_NAMES:
 
-
-rule train_sft:
-    output:
-        directory("results/{vprefix}adapters/sft"),
-    input:
-        unpack(train_inputs("sft")),
-    params:
-        **train_params("sft"),
-    threads: train_threads("sft")
-    resources:
-        **train_resources("sft"),
-    log:
-        "logs/{vprefix}train_sft.log",
-    conda:
-        "../../envs/train.yaml"
-    shell:
-        "python {input.launcher} --nnodes {resources.nodes} --nproc-per-node {params.nproc}"
-        " {input.script} {params.stage} --settings {params.settings:q} --data {input.data}"
-        " --data-manifests {params.manifests} --output {output} --work-dir {params.work} > {log} 2>&1"
-
-
-rule train_dpo:
-    output:
-        directory("results/{vprefix}adapters/dpo"),
-    input:
-        unpack(train_inputs("dpo")),
-    params:
-        **train_params("dpo"),
-    threads: train_threads("dpo")
-    resources:
-        **train_resources("dpo"),
-    log:
-        "logs/{vprefix}train_dpo.log",
-    conda:
-        "../../envs/train.yaml"
-    shell:
-        "python {input.launcher} --nnodes {resources.nodes} --nproc-per-node {params.nproc}"
-        " {input.script} {params.stage} --settings {params.settings:q} --data {input.data}"
-        " --data-manifests {params.manifests} --output {output} --work-dir {params.work} > {log} 2>&1"
+    rule:
+        name:
+            f"train_{_stage}"
+        output:
+            directory(f"results/{{vprefix}}adapters/{_stage}"),
+        input:
+            unpack(train_inputs(_stage)),
+        params:
+            **train_params(_stage),
+        threads: train_threads(_stage)
+        resources:
+            **train_resources(_stage),
+        log:
+            f"logs/{{vprefix}}train_{_stage}.log",
+        conda:
+            "../../envs/train.yaml"
+        shell:
+            "python {input.launcher} --nnodes {resources.nodes} --nproc-per-node {params.nproc}"
+            " {input.script} {params.stage} --settings {params.settings:q} --data {input.data}"
+            " --data-manifests {params.manifests} --output {output} --work-dir {params.work} > {log} 2>&1"
 
 
 rule merge:
@@ -71,10 +36,9 @@ rule merge:
         script=src("scripts/merge.py"),
         adapter="results/{vprefix}adapters/{stage}",
         base=lambda w: model_inputs(PLAN.stage_base_spec(variant(w), w.stage)),
-        code=code("tuneflow/merge.py"),
+        code=code("tuneflow/merge.py", "tuneflow/models.py"),
     params:
-        base=lambda w: jsonarg(PLAN.stage_base_spec(variant(w), w.stage)),
-        finetuning=lambda w: PLAN.stage_own_settings(variant(w), w.stage)["finetuning"],
+        settings=lambda w: jsonarg(PLAN.merge_settings(variant(w), w.stage)),
     resources:
         **merge_resources(),
     log:
@@ -82,5 +46,4 @@ rule merge:
     conda:
         "../../envs/train.yaml"
     shell:
-        "python {input.script} --base {params.base:q} --finetuning {params.finetuning}"
-        " --adapter {input.adapter} --out {output} > {log} 2>&1"
+        "python {input.script} --settings {params.settings:q} --adapter {input.adapter} --out {output} > {log} 2>&1"

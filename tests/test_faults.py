@@ -266,3 +266,34 @@ def test_killing_snakemake_mid_run_then_rerunning(demo_run, tmp_path):
         assert (project / "results" / p).stat().st_mtime == mtime, f"{p} was complete and must not be rebuilt"
     again = run_ci(project, options=("-n",))
     assert "Nothing to be done" in again.stdout + again.stderr
+
+
+STALE_LOCK_RANKS = '''
+import json, sys
+from transformers import TrainingArguments
+from tuneflow import distributed
+
+ds = {"zero_optimization": {"stage": 2}, "train_micro_batch_size_per_gpu": "auto",
+      "gradient_accumulation_steps": "auto", "train_batch_size": "auto"}
+args = TrainingArguments(output_dir=sys.argv[1], use_cpu=True, deepspeed=ds, report_to=[])
+distributed.start_for_trainer(args)
+import torch.distributed as dist
+print("joined", dist.get_rank(), dist.get_world_size(), flush=True)
+dist.destroy_process_group()
+'''
+
+
+def test_a_lock_left_by_a_rank_killed_inside_deepspeeds_kernel_build_does_not_hang_later_jobs(tmp_path):
+    # DeepSpeed on CPU JIT-builds a shared-memory kernel at start, behind a lock file; a rank killed
+    # there leaves the lock, and (before the fix) every later job on the machine waited on it forever.
+    extensions = tmp_path / "torch_extensions"
+    (extensions / "deepspeed_shm_comm").mkdir(parents=True)
+    (extensions / "deepspeed_shm_comm" / "lock").touch()
+    script = tmp_path / "ranks.py"
+    script.write_text(STALE_LOCK_RANKS)
+    proc = subprocess.run([str(BIN / "python"), "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                           str(script), str(tmp_path / "out")],
+                          env=env_with_venv({"TORCH_EXTENSIONS_DIR": str(extensions)}), capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert sorted(re.findall(r"joined (\d) 2", proc.stdout)) == ["0", "1"]

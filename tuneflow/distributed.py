@@ -75,12 +75,25 @@ def start(timeout_s: int):
     return rank(), world
 
 
+def skip_deepspeed_cpu_kernel_build():
+    """Keep DeepSpeed on CPU from JIT-building its shared-memory all-reduce when it starts: the build
+    (or its up-to-date check) runs behind a lock file in ~/.cache/torch_extensions, and a rank killed
+    inside it (preemption, a failed peer torn down by torchrun) leaves the lock behind, so every later
+    job on the machine waits on it forever. The kernel serves only inference_all_reduce, which
+    training never calls; gradients are all-reduced by gloo either way."""
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
 def start_for_trainer(training_args):
     """Initialise the process group (and DeepSpeed's) from a Trainer's arguments now rather than
     lazily inside the Trainer: the work-dir barrier needs it, and under ZeRO-3 from_pretrained
     partitions the weights across ranks only if DeepSpeed already knows the world size."""
     import torch
 
+    if training_args.deepspeed and not torch.cuda.is_available():
+        skip_deepspeed_cpu_kernel_build()
     device = training_args.device
     if training_args.deepspeed:
         import deepspeed

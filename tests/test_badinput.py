@@ -29,7 +29,7 @@ def run_convert(tmp_path, path, fmt="alpaca", **spec):
     spec = {"name": "ds", "path": str(path), "format": fmt, "validation_fraction": 0.0, "split_seed": 1,
             "on_bad_record": "error", "max_record_bytes": 4_000_000, **spec}
     return subprocess.run([sys.executable, str(REPO / "scripts" / "convert.py"), "--settings", json.dumps(spec), "--out", str(out)],
-                          capture_output=True, text=True, env=env_with_venv())
+                          capture_output=True, text=True, env=env_with_venv(), timeout=300)  # a FIFO used to hang it
 
 
 def assert_refused(proc, tmp_path, *fragments):

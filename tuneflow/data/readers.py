@@ -62,6 +62,8 @@ class SourceInfo:
 
 
 def _refuse_special(path, key):
+    if not os.path.exists(path):
+        raise DataError(path, f"is a broken symbolic link (config key {key})")
     raise DataError(path, f"is not a regular file (a named pipe, socket or device): datasets are read from regular "
                           f"files only; copy the data into a file (config key {key})")
 

@@ -17,7 +17,7 @@ import yaml
 
 from conftest import REPO, files_under, make_workdir, snakemake
 
-pytestmark = [pytest.mark.badinput, pytest.mark.slow]
+pytestmark = pytest.mark.badinput
 
 HOSTILE = "x $(touch PWNED{n}) `touch PWNED{n}b`; touch PWNED{n}c 'q' \"dq\"\nnl"
 
@@ -73,6 +73,7 @@ def hostile_run(tmp_path_factory):
     return root, project, proc.stdout + proc.stderr
 
 
+@pytest.mark.slow
 def test_the_pipeline_runs_with_hostile_names_in_every_path(hostile_run):
     root, project, out = hostile_run
     ran = set(re.findall(r"rule (\w+):", out))
@@ -83,6 +84,7 @@ def test_the_pipeline_runs_with_hostile_names_in_every_path(hostile_run):
     assert planted == [], f"a command hidden in a file name ran: {planted}"
 
 
+@pytest.mark.slow
 def test_dpo_without_sft_says_where_its_reference_comes_from(hostile_run):
     """Allowed (DPO straight on the merged PT model), but said when planning, in the job's log and
     in train_info.json rather than silently."""

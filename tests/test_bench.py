@@ -42,3 +42,10 @@ def test_bench_data_plans_many_variants():
                           capture_output=True, text=True, env=env_with_venv(), timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "plan: snakemake -n with 10 variants" in proc.stdout
+
+
+def test_bench_integrity_hashes_and_verifies_a_directory():
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "bench_integrity.py"), "--gb", "0.01", "--files", "2"],
+                          capture_output=True, text=True, env=env_with_venv(), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "manifest: 2 files" in proc.stdout and "verify:" in proc.stdout

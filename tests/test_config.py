@@ -168,3 +168,23 @@ def test_schema_file_is_valid_yaml_and_snakemake_compatible():
     with open(REPO / "workflow" / "schemas" / "config.schema.yaml") as f:
         schema = yaml.safe_load(f)
     jsonschema.Draft202012Validator.check_schema(schema)
+
+
+def test_the_zero_keys_tuneflow_accepts_are_those_deepspeed_accepts():
+    """Planning refuses a zero_optimization key DeepSpeed does not know (it forbids extra keys): the
+    list planning uses, without importing DeepSpeed, is DeepSpeed's own (fields and aliases)."""
+    from deepspeed.runtime.zero.config import DeepSpeedZeroConfig
+
+    from tuneflow.deepspeed_config import ZERO_KEYS
+
+    fields = DeepSpeedZeroConfig.model_fields
+    assert DeepSpeedZeroConfig.model_config["extra"] == "forbid"
+    assert ZERO_KEYS == set(fields) | {f.alias for f in fields.values() if f.alias}
+
+
+def test_the_deepspeed_presets_pass_the_planning_checks():
+    from tuneflow.deepspeed_config import PRESETS, check_deepspeed_config
+
+    training = {"per_device_batch_size": 4, "gradient_accumulation_steps": 2}
+    for preset in PRESETS:
+        check_deepspeed_config(preset, "stages.sft.deepspeed", training, world_size=8)

@@ -149,7 +149,7 @@ def test_skip_mode_counts_drops_with_reasons(tmp_path):
 
 
 def test_duplicate_ids_can_be_renamed(tmp_path):
-    recs = [{"input": f"q{i}", "target": "a", "sample_id": "same"} for i in range(3)]
+    recs = [{"input": f"q{i}", "target": "a", "sample_id": "same", "task_dataset": "MedDG"} for i in range(3)]
     f = write(tmp_path / "p.jsonl", "\n".join(json.dumps(r) for r in recs) + "\n")
     m, rows = convert(tmp_path, f, "promptcblue", duplicate_ids="rename")
     ids = {r["input"]: r["id"] for r in (json_row_input(r) for r in rows)}

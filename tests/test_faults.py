@@ -1,13 +1,15 @@
-"""Faults survived: a rank killed with SIGKILL, SIGTERM (Slurm preemption / time limit), a full or
-read-only disk while saving, and Snakemake itself killed mid-run. Each one costs at most the work
-since the last checkpoint, never leaves a half-written result that looks complete, and the rerun
-resumes from the checkpoint. Each test works on a copy of the session's demo run, whose
-uninterrupted SFT / DPO adapters are the reference."""
+"""Faults survived: a rank killed with SIGKILL (in a never-trained project too), SIGTERM (Slurm
+preemption / time limit), a full or read-only disk while saving or merging, a damaged checkpoint or
+tokenized output, a diverged run, and Snakemake itself killed mid-run. Each one costs at most the
+work since the last intact checkpoint, never leaves a half-written or diverged result that looks
+complete, and the rerun resumes from that checkpoint. Each test works on a copy of the session's
+demo run, whose uninterrupted PT / SFT / DPO outputs are the reference."""
 
 from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
 import random
 import re
@@ -18,8 +20,9 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
-from conftest import BIN, env_with_venv, skip_or_fail
+from conftest import BIN, env_with_venv, files_under, skip_or_fail
 from pipeline import CI_CONFIG, copy_project, load_tensors, max_abs_diff, run_ci, train_info
 
 pytestmark = [pytest.mark.fault, pytest.mark.slow]
@@ -297,3 +300,127 @@ def test_a_lock_left_by_a_rank_killed_inside_deepspeeds_kernel_build_does_not_ha
                           text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert sorted(re.findall(r"joined (\d) 2", proc.stdout)) == ["0", "1"]
+
+
+def test_the_first_training_run_killed_after_its_first_checkpoint_resumes(demo_run, tmp_path):
+    """A never-trained project (tokenized data fresh from its rule, no training yet): the common case
+    of Slurm preemption. The trainer's dataset transforms used to write cache files into the
+    tokenized output, which changed the checkpoints' fingerprint: the rerun started over."""
+    project = copy_project(demo_run, tmp_path / "project")
+    for stale in ("tokenized", "adapters/pt", "work"):
+        shutil.rmtree(project / "results" / stale, ignore_errors=True)
+    work = project / "results" / "work" / "pt"
+    proc = start(project, "results/adapters/pt")
+    wait_for(lambda: complete_checkpoints(work), what="the first checkpoint", proc=proc)
+    victim = random.choice(wait_for(lambda: rank_pids("pt", project), timeout=30, what="the training ranks"))
+    os.kill(victim, signal.SIGKILL)
+    assert proc.wait(timeout=300) != 0
+    assert not (project / "results" / "adapters" / "pt").exists()
+    last = step(complete_checkpoints(work)[-1])
+
+    run_ci(project, "results/adapters/pt")
+    adapter = project / "results" / "adapters" / "pt"
+    assert train_info(adapter)["resumed_from_step"] == last
+    diff = max_abs_diff(load_tensors(demo_run / "results" / "adapters" / "pt" / "model.safetensors"),
+                        load_tensors(adapter / "model.safetensors"))
+    print(f"first run resumed from step {last}; max |weights - uninterrupted weights| = {diff:.3g}")
+    assert diff <= RESUME_TOLERANCE
+    tokenized = next((project / "results" / "tokenized" / "demo_text").glob("pt-*"))
+    written = json.loads((tokenized / "files.json").read_text())["files"]
+    assert files_under(tokenized) == sorted([*written, "files.json", ".snakemake_timestamp"]), \
+        "training wrote into the tokenize rule's output"
+
+
+def test_a_damaged_checkpoint_is_not_resumed_the_previous_intact_one_is(demo_run, tmp_path):
+    project = copy_project(demo_run, tmp_path / "project")
+    shutil.rmtree(project / "results" / "adapters" / "dpo")
+    work = project / "results" / "work" / "dpo"
+    proc = start(project, "results/adapters/dpo")
+    wait_for(lambda: complete_checkpoints(work), what="the first checkpoint", proc=proc)
+    os.kill(wait_for(lambda: torchrun_pid("dpo", project), timeout=30, what="torchrun"), signal.SIGTERM)
+    assert proc.wait(timeout=300) != 0  # preempted: a second checkpoint saved, no retry here
+    *_, previous, newest = complete_checkpoints(work)
+    weights = newest / "adapter_model.safetensors"
+    size = weights.stat().st_size
+    weights.write_bytes(weights.read_bytes()[: size // 2])  # a truncated copy, say
+
+    run_ci(project, "results/adapters/dpo")
+    log = (project / "logs" / "train_dpo.log").read_text()
+    assert (f"checkpoint {newest.relative_to(project)} is damaged (adapter_model.safetensors has {size // 2} bytes, "
+            f"{size} when it was saved): removing it") in log, log[-4000:]
+    assert f"falling back to the previous complete checkpoint {previous.relative_to(project)}, which is intact" in log
+    adapter = project / "results" / "adapters" / "dpo"
+    assert train_info(adapter)["resumed_from_step"] == step(previous)
+    reference = load_tensors(demo_run / "results" / "adapters" / "dpo" / "adapter_model.safetensors")
+    assert max_abs_diff(reference, load_tensors(adapter / "adapter_model.safetensors")) <= RESUME_TOLERANCE
+
+
+def test_a_file_deleted_from_a_tokenized_output_is_named_with_the_rule_to_force(demo_run, tmp_path):
+    """Snakemake does not see it ("Nothing to be done"); the next training used to crash with a
+    FileNotFoundError. The job reading the directory checks it against its manifest."""
+    project = copy_project(demo_run, tmp_path / "project")
+    shutil.rmtree(project / "results" / "adapters" / "pt")
+    tokenized = next((project / "results" / "tokenized" / "demo_text").glob("pt-*"))
+    arrow = next((tokenized / "train").glob("*.arrow"))
+    arrow.unlink()
+    proc = run_ci(project, "results/adapters/pt", check=False)
+    assert proc.returncode != 0
+    log = (project / "logs" / "train_pt.log").read_text()
+    rel = tokenized.relative_to(project)
+    assert (f"tuneflow: error: {rel}/train/{arrow.name}: is missing: {rel} was damaged after the `tokenize` job wrote "
+            f"it; rebuild it: snakemake --forcerun {rel} <your targets> (or -R tokenize to rerun every tokenize job)") in log, log[-3000:]
+    assert "FileNotFoundError" not in log
+    planned = run_ci(project, "results/adapters/pt", options=("-n", "--forcerun", rel)).stdout
+    assert re.search(rf"rule tokenize:\n\s+input: [^\n]*\n\s+output: {re.escape(str(rel))}", planned), planned[-3000:]
+
+
+@pytest.mark.parametrize("training, error", [
+    ({}, r"training diverged: the gradients were not finite \(the optimizer skipped the step\) at step \d+ \(1 consecutive "
+         r"non-finite step; stages\.pt\.training\.max_nonfinite_steps allows 0\); nothing was written"),
+    ({"deepspeed": None}, r"training diverged: the loss was NaN at step \d+ \(1 consecutive non-finite step"),
+    ({"deepspeed": None, "training": {"max_nonfinite_steps": 1000, "max_steps": 6}},
+     r"the trained weights hold non-finite values \(NaN / inf\) in \d+ tensors, e\.g\. model\.\S+: the training "
+     r"diverged, so they were not written"),
+], ids=["zero2-skipped-steps", "ddp-nan-loss", "tolerated-steps-nan-weights"])
+def test_a_diverged_run_fails_naming_the_step_and_writes_nothing(demo_run, tmp_path, training, error):
+    """learning_rate 1e6: the job used to exit 0 with loss 0.0 in the loss log and NaN weights."""
+    project = copy_project(demo_run, tmp_path / "project")
+    shutil.rmtree(project / "results" / "adapters" / "pt")
+    pt = {**training, "training": {"learning_rate": 1.0e6, **training.get("training", {})}}
+    overlay = project / "diverge.yaml"
+    overlay.write_text(yaml.safe_dump({"stages": {"pt": pt}}))
+    proc = run_ci(project, "results/adapters/pt", configs=[overlay], check=False)
+    assert proc.returncode != 0
+    log = (project / "logs" / "train_pt.log").read_text()
+    assert re.search("tuneflow: error: " + error, log), log[-4000:]
+    assert not (project / "results" / "adapters" / "pt").exists()
+
+
+def test_disk_full_while_merging_is_an_error_that_leaves_nothing(demo_run, tmp_path):
+    project = copy_project(demo_run, tmp_path / "project")
+    merged = project / "results" / "merged"
+    saved = project / "merged-before"
+    shutil.move(merged, saved)
+    _mount_tmpfs(merged, size="16m")
+    try:
+        subprocess.run(["cp", "-a", f"{saved}/pt", f"{saved}/dpo", str(merged)], check=True)
+        _fill(merged)
+        proc = run_ci(project, "results/merged/sft", check=False)
+        assert proc.returncode != 0
+        log = (project / "logs" / "merge_sft.log").read_text()
+        assert ("tuneflow: error: writing the merged model to results/merged/sft failed: No space left on device "
+                "(errno 28); nothing was left there") in log, log[-3000:]
+        assert "Traceback" not in log
+        assert sorted(p.name for p in merged.iterdir()) == ["dpo", "filler", "pt"]
+    finally:
+        subprocess.run(["umount", "-l", str(merged)], capture_output=True)
+
+
+def test_every_output_file_follows_the_umask(demo_run):
+    """safetensors writes 0600; every output, weights included, gets the mode the umask gives."""
+    mask = os.umask(0)
+    os.umask(mask)
+    results = demo_run / "results"
+    modes = {str(p.relative_to(results)): oct(p.stat().st_mode & 0o777) for p in results.rglob("*") if p.is_file()}
+    assert any(name.endswith(".safetensors") for name in modes)
+    assert {m for m in modes.values()} == {oct(0o666 & ~mask)}, {k: v for k, v in modes.items() if v != oct(0o666 & ~mask)}

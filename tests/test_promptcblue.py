@@ -465,3 +465,12 @@ def test_read_jsonl_errors(tmp_path):
 def test_cli_requires_a_subcommand():
     proc = _cli()
     assert proc.returncode == 2 and "COMMAND" in proc.stderr
+
+
+def test_convert_knows_the_tasks_evaluation_scores():
+    """convert refuses a record of an unknown task (tuneflow.data.formats) so that evaluation, which
+    scores each task by its rule, never meets one: the two lists are the same."""
+    from tuneflow.data.formats import PROMPTCBLUE_TASKS
+    from tuneflow.eval.promptcblue import TASKS
+
+    assert list(PROMPTCBLUE_TASKS) == list(TASKS)

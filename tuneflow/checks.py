@@ -13,16 +13,13 @@ import functools
 import os
 
 from tuneflow import models, tiny_model
-from tuneflow.config import enabled_stages
+from tuneflow.config import RESULTS, TINY_MODEL_DIR, enabled_stages
 from tuneflow.errors import ModelError
-from tuneflow.plan import RESULTS, TINY_MODEL_DIR
 
 
 @functools.lru_cache(maxsize=64)
 def _tokenizer(path, trust_remote_code):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    return models.auto_tokenizer(path, trust_remote_code)
 
 
 @functools.lru_cache(maxsize=64)

@@ -2,8 +2,10 @@
 
 The schema is the single description of every key. This module adds what a JSON-schema validator
 does not give a researcher: unknown keys named with the closest valid spelling, defaults filled in
-nested objects, errors that name the dotted key, the variants merged over the defaults, and the
-checks that span several keys (a stage enabled without data, quantization without qlora, ...).
+nested objects, errors that name the dotted key, the variants merged over the defaults, the
+checks that span several keys (a stage enabled without data, quantization without qlora, ...),
+and the checks of the config files themselves that YAML readers skip (duplicate keys, alias
+expansion, `3e-3` read as a string).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import copy
 import difflib
 import functools
+import json
 import os
 import re
 from pathlib import Path
@@ -19,12 +22,16 @@ import jsonschema
 import yaml
 
 from tuneflow import DEFAULT_VARIANT, deepspeed_config
+from tuneflow.cluster import processes_per_node
 from tuneflow.errors import ConfigError
 from tuneflow.stages import STAGE_NAMES, STAGES
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
 DEFAULT_CONFIG = REPO_ROOT / "config" / "config.yaml"
+RESULTS = "results"
+TINY_MODEL_DIR = "results/models/tiny"  # the embedded base model, built by the workflow
+MAX_YAML_VALUES = 100_000  # a config file whose aliases expand to more values is refused (an alias bomb)
 
 
 @functools.lru_cache(maxsize=1)
@@ -103,13 +110,34 @@ def fill_defaults(instance, node=None):
     return instance
 
 
+NUMBER_TEXT = re.compile(r"^[-+]?(\d[\d_]*\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+
+
+def _yaml11_number_hint(value, expected) -> str | None:
+    """Why a number came through as a string: YAML 1.1 (PyYAML, hence Snakemake) reads `3e-3` or
+    `1e5` as text; it wants a dot in the mantissa and a sign in the exponent (`3.0e-3`, `1.0e+5`)."""
+    if not isinstance(value, str) or not NUMBER_TEXT.match(value.strip()):
+        return None
+    number = float(value.replace("_", ""))
+    types = expected if isinstance(expected, list) else [expected]
+    if "integer" in types and "number" not in types and number.is_integer():
+        fix = str(int(number))
+    else:
+        mantissa, _, exponent = value.strip().lower().partition("e")
+        mantissa = mantissa if "." in mantissa else f"{mantissa}.0"
+        fix = f"{mantissa}e{exponent if exponent[:1] in '+-' else '+' + exponent}" if exponent else mantissa
+    return (f"{value!r} is read as a string, not a number: YAML 1.1 (which Snakemake's config reader follows) "
+            f"takes exponent notation only with a dot and a signed exponent; write {fix}")
+
+
 def _validate_schema(cfg):
     validator = jsonschema.Draft202012Validator(schema())
     errors = sorted(validator.iter_errors(cfg), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
     if errors:
         err = jsonschema.exceptions.best_match(errors)
         key = ".".join(str(p) for p in err.absolute_path)
-        raise ConfigError(key, err.message)
+        hint = _yaml11_number_hint(err.instance, err.validator_value) if err.validator == "type" else None
+        raise ConfigError(key, hint or err.message)
 
 
 NAME_RE = re.compile(r"(?!.*\.\.)[A-Za-z0-9_][A-Za-z0-9_.-]*")
@@ -133,12 +161,73 @@ def deep_merge(base: dict, override: dict) -> dict:
     return out
 
 
+def _check_yaml_node(node, key, path, sizes) -> int:
+    """Refuse duplicate keys (YAML keeps the last one silently) and count the values the node
+    expands to with its aliases followed (each node counted once: linear in the file's size)."""
+    if id(node) in sizes:
+        return sizes[id(node)]
+    size = 1
+    if isinstance(node, yaml.MappingNode):
+        seen = {}
+        for k, v in node.value:
+            name = k.value if isinstance(k, yaml.ScalarNode) else None
+            if name is not None and name != "<<":
+                if name in seen:
+                    raise ConfigError(_join(key, name), f"{path}, line {k.start_mark.line + 1}: duplicate key '{name}' "
+                                                        f"(first at line {seen[name]}); YAML would keep only the last one "
+                                                        "silently: remove one of them")
+                seen[name] = k.start_mark.line + 1
+            size += 1 + _check_yaml_node(v, _join(key, name if name is not None else "?"), path, sizes)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            size += _check_yaml_node(item, f"{key}[{i}]", path, sizes)
+    sizes[id(node)] = size
+    if size > MAX_YAML_VALUES:
+        raise ConfigError(key, f"{path}: its YAML aliases expand to more than {MAX_YAML_VALUES:,} values (an alias bomb?); "
+                               "a tuneflow config is far smaller: write the values out")
+    return size
+
+
+def _refuse_duplicate_json_keys(pairs):
+    seen = set()
+    for k, _ in pairs:
+        if k in seen:
+            raise ConfigError(k, "duplicate key in a JSON config file; JSON readers keep only the last one: remove one")
+        seen.add(k)
+    return dict(pairs)
+
+
+def check_config_file(path):
+    """What Snakemake does not check when it reads a config file (JSON first, else YAML):
+    duplicate keys, and YAML aliases expanding past MAX_YAML_VALUES values. Raises ConfigError."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError("", f"config file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError("", f"cannot read config file {path}: {e}") from None
+    try:
+        json.loads(text, object_pairs_hook=_refuse_duplicate_json_keys)
+        return
+    except ConfigError as e:
+        raise ConfigError(e.key, f"{path}: {e.problem}") from None
+    except (ValueError, RecursionError):
+        pass  # not JSON: YAML
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as e:
+        raise ConfigError("", f"{path} is not valid YAML: {e}") from None
+    except RecursionError:
+        raise ConfigError("", f"{path}: YAML nested too deeply") from None
+    if node is not None:
+        _check_yaml_node(node, "", path, {})
+
+
 def load_yaml(path) -> dict:
+    check_config_file(path)
     try:
         with open(path, encoding="utf-8") as f:
             data = yaml.safe_load(f) or {}
-    except FileNotFoundError:
-        raise ConfigError("", f"config file {path} does not exist") from None
     except yaml.YAMLError as e:
         raise ConfigError("", f"{path} is not valid YAML: {e}") from None
     if not isinstance(data, dict):
@@ -154,8 +243,22 @@ def _check_variant_override(name, override):
     _walk_keys(override, schema(), f"variants.{name}", refuse)
 
 
+def _check_base_model_path(cfg, prefix, variant):
+    """A workflow output as the base model would be built from the base model itself (a cycle):
+    only the embedded model may come from results/ (and a variant may start from the default's
+    outputs, which do not depend on it)."""
+    path = os.path.normpath(cfg["base_model"]["path"])
+    own = RESULTS if variant is None else f"{RESULTS}/variants/{variant}"
+    if path != TINY_MODEL_DIR and (path == own or path.startswith(own + "/")):
+        raise ConfigError(f"{prefix}base_model.path", f"'{cfg['base_model']['path']}' is an output of this workflow, built "
+                          "from the base model itself, so the plan would be a cycle; to start from a model an earlier run "
+                          f"produced, copy it out of {RESULTS}/ (e.g. cp -r {path} models/) and point "
+                          f"{prefix}base_model.path there, or start from it in a variant")
+
+
 def _semantic_checks(cfg, where=""):
     prefix = f"{where}." if where else ""
+    _check_base_model_path(cfg, prefix, where.split(".", 1)[1] if where else None)
     datasets = cfg["datasets"]
     for name, ds in datasets.items():
         for i, stage in enumerate(ds["stages"]):
@@ -180,17 +283,37 @@ def _semantic_checks(cfg, where=""):
         ds = st["deepspeed"]
         if ds and ds not in deepspeed_config.PRESETS and not Path(ds).is_file():
             raise ConfigError(f"{key}.deepspeed", f"'{ds}' is neither a preset ({', '.join(deepspeed_config.PRESETS)}) nor an existing JSON file")
+        if ds and st["enabled"]:
+            world = st["resources"]["nodes"] * processes_per_node(st["resources"])
+            deepspeed_config.check_deepspeed_config(ds, f"{key}.deepspeed", st["training"], world)
         if st["lora"]["use_dora"] and st["finetuning"] == "qlora" and st["quantization"]["bits"] == 8:
             raise ConfigError(f"{key}.lora.use_dora", "DoRA is not supported on 8-bit quantized weights")
     eval_ds = cfg["evaluation"]["datasets"]
+    if eval_ds == [] and cfg["evaluation"]["enabled"]:
+        raise ConfigError(f"{prefix}evaluation.datasets", "is empty: list the datasets to evaluate, leave the key out to "
+                                                          "evaluate every dataset, or set evaluation.enabled: false")
     for i, name in enumerate(eval_ds or []):
         if name not in datasets:
             close = difflib.get_close_matches(name, list(datasets), n=1)
             hint = f"; did you mean '{close[0]}'?" if close else ""
             raise ConfigError(f"{prefix}evaluation.datasets[{i}]", f"unknown dataset '{name}'{hint}")
-    if cfg["stages"]["dpo"]["enabled"] and not cfg["stages"]["sft"]["enabled"]:
-        # Allowed (DPO straight on the base), but it must be deliberate: say where the reference comes from.
-        pass
+
+
+def planning_notes(resolved: dict) -> list[str]:
+    """What the plan does that a user may not expect, said when Snakemake plans (not an error): a
+    stage scored against a reference (DPO) whose usual starting stage (SFT) is disabled."""
+    notes = []
+    for variant, cfg in resolved["_variants"].items():
+        prefix = "" if variant == DEFAULT_VARIANT else f"variants.{variant}."
+        stages = enabled_stages(cfg)
+        for stage in stages:
+            usual = STAGES[stage].starts_from[:1]
+            if STAGES[stage].scored_against_reference and usual and usual[0] not in stages:
+                start = next((s for s in STAGES[stage].starts_from if s in stages), None)
+                model = f"the merged {STAGES[start].label} model" if start else f"the base model ({cfg['base_model']['path']})"
+                notes.append(f"{prefix}stages.{usual[0]}.enabled is false, so {STAGES[stage].label} starts from "
+                             f"{model} and is scored against it as its reference")
+    return notes
 
 
 def _explicit_quantization(raw: dict) -> dict:

@@ -4,17 +4,19 @@ LoRA / QLoRA: the base is loaded unquantized in its stored dtype (QLoRA adapters
 the original weights, never into 4-bit ones), the adapter is applied, logits are computed on a few
 fixed samples, the adapter is merged, and the merged logits must match within a tolerance; the
 max difference is recorded in merge_check.json. Full fine-tuning: the trained weights are the
-merged model (copied, checked to load).
+merged model (copied, checked to load). Either way weights holding NaN or inf are refused, and a
+full or read-only disk while writing is an error naming the output that leaves nothing there.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 from pathlib import Path
 
 from tuneflow.errors import TuneflowError
-from tuneflow.io import atomic_dir
+from tuneflow.io import atomic_dir, storage_error, verify_dir
 
 TOLERANCE = {"float32": 1e-3, "bfloat16": 5e-2, "float16": 2e-2}
 MODEL_FILES = ("*.safetensors", "*.safetensors.index.json", "config.json", "generation_config.json",
@@ -28,6 +30,31 @@ def _samples(vocab_size, n=4, length=32, seed=0):
     return torch.randint(0, vocab_size, (n, length), generator=g)
 
 
+def check_finite(model, what):
+    import torch
+
+    bad = [name for name, p in model.named_parameters() if not torch.isfinite(p).all()]
+    if bad:
+        raise TuneflowError(f"{what} holds non-finite values (NaN / inf) in {len(bad)} of "
+                            f"{sum(1 for _ in model.parameters())} tensors, e.g. {bad[0]}: refusing to merge a "
+                            "diverged model; retrain the stage with a lower learning rate")
+
+
+@contextlib.contextmanager
+def _writing(out_dir):
+    """atomic_dir, with a full / read-only disk reported as such (nothing is left at out_dir)."""
+    try:
+        with atomic_dir(out_dir, rule="merge") as tmp:
+            yield tmp
+    except Exception as e:
+        failure = storage_error(e)
+        if failure is None:
+            raise
+        code, what = failure
+        raise TuneflowError(f"writing the merged model to {out_dir} failed: {what} (errno {code}); nothing was "
+                            "left there; free space and rerun") from None
+
+
 def merge_adapter(settings: dict, adapter_dir, out_dir) -> dict:
     """`settings` (tuneflow.plan.Plan.merge_settings): the stage's base_model block, its finetuning
     method and the RoPE scaling it trained with (kept in the merged model)."""
@@ -38,19 +65,22 @@ def merge_adapter(settings: dict, adapter_dir, out_dir) -> dict:
 
     base_spec, finetuning = settings["base_model"], settings["finetuning"]
     adapter_dir = Path(adapter_dir)
+    verify_dir(adapter_dir)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if finetuning == "full":
-        with atomic_dir(out_dir) as tmp:
+        with _writing(out_dir) as tmp:
             for pattern in MODEL_FILES:
                 for f in adapter_dir.glob(pattern):
                     shutil.copy2(f, tmp / f.name)
             model = models.load_causal_lm({"path": str(tmp)}, tmp)  # the copy loads (safetensors)
+            check_finite(model, f"the trained model {adapter_dir}")
             check = {"method": "full fine-tuning: trained weights copied", "max_abs_diff": 0.0,
                      "parameters": sum(p.numel() for p in model.parameters())}
             (tmp / "merge_check.json").write_text(json.dumps(check, indent=2))
         return check
 
     base_dir = models.resolve_model_path(base_spec["path"], base_spec.get("revision"))
+    verify_dir(base_dir, required=False)  # a model of the workflow's (merged, embedded) has a manifest
     # Unquantized, in the stored dtype, with the RoPE scaling the adapter was trained with.
     base = models.load_causal_lm(base_spec, base_dir, rope_scaling=settings.get("rope_scaling")).to(device)
     dtype = base.dtype
@@ -59,6 +89,7 @@ def merge_adapter(settings: dict, adapter_dir, out_dir) -> dict:
     with torch.no_grad():
         adapter_logits = model(input_ids=ids).logits.float()
         merged = model.merge_and_unload()
+        check_finite(merged, f"{adapter_dir} merged into its base")
         merged_logits = merged(input_ids=ids).logits.float()
     diff = (adapter_logits - merged_logits).abs().max().item()
     dtype_name = str(dtype).replace("torch.", "")
@@ -67,7 +98,7 @@ def merge_adapter(settings: dict, adapter_dir, out_dir) -> dict:
              "max_abs_diff": diff, "tolerance": tol, "base": str(base_dir), "adapter": str(adapter_dir)}
     if not diff <= tol:
         raise TuneflowError(f"merged model disagrees with adapter inference: max |logit difference| {diff:.3g} > {tol:.3g}")
-    with atomic_dir(out_dir) as tmp:
+    with _writing(out_dir) as tmp:
         merged.to("cpu").save_pretrained(tmp)
         for pattern in ("tokenizer*", "chat_template.jinja", "special_tokens_map.json"):
             for f in adapter_dir.glob(pattern):

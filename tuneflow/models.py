@@ -77,8 +77,38 @@ def read_model_config(model_dir) -> dict:
     cfg = Path(model_dir) / "config.json"
     if not cfg.is_file():
         raise ModelError(f"{model_dir} has no config.json: not a transformers model directory")
-    with open(cfg, encoding="utf-8") as f:
-        return json.load(f)
+    try:
+        with open(cfg, encoding="utf-8") as f:
+            data = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ModelError(f"{cfg}, line {e.lineno} column {e.colno}: invalid JSON: {e.msg}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ModelError(f"{cfg}: cannot read it: {e}") from None
+    if not isinstance(data, dict):
+        raise ModelError(f"{cfg}: a model config is a JSON object, not {type(data).__name__}")
+    return data
+
+
+def check_safetensors(path) -> None:
+    """A safetensors file whose header is readable and whose size is what the header says (a
+    truncated download or copy otherwise fails only when the weights are loaded)."""
+    path = Path(path)
+    size = path.stat().st_size
+    damaged = f"{path}: damaged safetensors file (truncated download or copy?)"
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise ModelError(f"{damaged}: {size} bytes, too short for a header")
+        n = int.from_bytes(head, "little")
+        if n > size - 8:
+            raise ModelError(f"{damaged}: its header claims {n} bytes, the file holds {size}")
+        try:
+            header = json.loads(f.read(n))
+            end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+        except (ValueError, KeyError, TypeError, IndexError) as e:
+            raise ModelError(f"{damaged}: unreadable header ({e})") from None
+    if 8 + n + end != size:
+        raise ModelError(f"{damaged}: {size} bytes, its header describes {8 + n + end}")
 
 
 def check_model_dir(model_dir, spec: dict, key: str = "base_model", weights_expected=True) -> dict:
@@ -98,7 +128,24 @@ def check_model_dir(model_dir, spec: dict, key: str = "base_model", weights_expe
                                  f"'{key}.allow_unsafe_weights: true'")
             if not has_pickle:
                 raise ModelError(f"the model at {model_dir} has no weights (*.safetensors)")
+        for f in sorted(d.glob("*.safetensors")):
+            check_safetensors(f)
     return cfg
+
+
+def auto_tokenizer(model_dir, trust_remote_code: bool):
+    """transformers' AutoTokenizer, with a directory it cannot make a tokenizer of named."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
+        found = sorted(p.name for p in Path(model_dir).glob("*token*"))
+        if not found:
+            raise ModelError(f"the model at {model_dir} has no tokenizer files (tokenizer.json, or tokenizer.model, "
+                             "with tokenizer_config.json): copy them from where the model came from") from None
+        raise ModelError(f"the tokenizer at {model_dir} cannot be loaded from {', '.join(found)}: {type(e).__name__}: "
+                         f"{str(e).strip().splitlines()[0]}") from None
 
 
 def torch_dtype(name: str, model_cfg: dict | None = None):
@@ -111,11 +158,9 @@ def torch_dtype(name: str, model_cfg: dict | None = None):
 
 
 def load_tokenizer(model_dir, spec: dict, template: str | None = None, key="chat_template"):
-    from transformers import AutoTokenizer
-
     from tuneflow.templates import apply_chat_template_setting
 
-    tok = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=bool(spec.get("trust_remote_code")))
+    tok = auto_tokenizer(model_dir, bool(spec.get("trust_remote_code")))
     if tok.pad_token is None:
         # Padding never reaches the loss (labels are -100 there); eos is the conventional stand-in.
         tok.pad_token = tok.eos_token

@@ -20,11 +20,8 @@ import json
 
 from tuneflow.cluster import processes_per_node
 from tuneflow import DEFAULT_VARIANT
-from tuneflow.config import enabled_stages, stage_datasets
+from tuneflow.config import RESULTS, TINY_MODEL_DIR, enabled_stages, stage_datasets
 from tuneflow.stages import STAGES
-
-RESULTS = "results"
-TINY_MODEL_DIR = "results/models/tiny"
 
 
 def canonical(obj) -> str:
@@ -127,6 +124,7 @@ class Plan:
         v = self.vcfg(variant)
         return {
             "stage": stage,
+            "starts_from": self.base_stage(variant, stage),  # None: the base model
             "seed": v["seed"],
             "base_model": self.stage_base_spec(variant, stage),
             "chat_template": v["chat_template"],

@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 from tuneflow import DEFAULT_VARIANT
-from tuneflow.io import atomic_file, read_json
+from tuneflow.io import atomic_file, read_json, verify_dir
 from tuneflow.stages import STAGE_NAMES, STAGES
 from tuneflow.summarize import LOWER_IS_BETTER, read_summary
 
@@ -69,6 +69,7 @@ def build_bundle(summary_path, eval_jobs, trained, configs, repo_dir, title="tun
     data_seen = {}
     packages, hardware = [], []  # what each stage recorded when it trained, not what the report runs with
     for variant, stage, adapter_dir in trained:
+        verify_dir(adapter_dir, required=False)  # as its train job wrote it
         info = read_json(Path(adapter_dir) / "train_info.json")
         log = read_json(Path(adapter_dir) / "loss_log.json")
         training.append({"variant": variant, "stage": stage, "finetuning": info.get("finetuning"), "log": log,

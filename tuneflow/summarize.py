@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import csv
+from pathlib import Path
 
-from tuneflow.io import atomic_file, read_json
+from tuneflow.io import atomic_file, read_json, verify_dir
 
 COLUMNS = ("model", "stage", "variant", "dataset", "metric", "value")
 LOWER_IS_BETTER = {"eval_loss": "lower", "perplexity": "lower"}
@@ -16,6 +17,8 @@ def summary_rows(jobs):
     `model` is the directory (or hub name) of the model evaluated, `stage` which one it is (base,
     pt, sft, dpo)."""
     rows = []
+    for eval_dir in sorted({str(Path(job[3]).parent) for job in jobs}):
+        verify_dir(eval_dir, required=False)  # as its evaluate job wrote it
     for variant, stage, dataset, path in jobs:
         res = read_json(path)
         model = res["settings"]["model"]["path"]

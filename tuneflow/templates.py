@@ -79,7 +79,15 @@ def apply_chat_template_setting(tokenizer, name: str, where: str = "chat_templat
 
 
 def render(tokenizer, messages, add_generation_prompt=False) -> str:
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    from jinja2 import TemplateError
+
+    try:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    except TemplateError as e:  # raise_exception() in the template, a syntax error, an undefined value
+        roles = "/".join(m["role"] for m in messages)
+        raise ModelError(f"the chat template of {getattr(tokenizer, 'name_or_path', '?')} failed on a conversation "
+                         f"({roles}): {type(e).__name__}: {e}; use data the template accepts or set config key "
+                         f"'chat_template' to a built-in template ({', '.join(BUILTIN)})") from None
 
 
 def assistant_spans(tokenizer, messages) -> tuple[str, list[tuple[int, int]]]:

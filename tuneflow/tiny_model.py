@@ -77,7 +77,7 @@ def build_tiny_model(settings: dict, corpus, out_dir, seed: int = 42) -> dict:
     model = LlamaForCausalLM(config)
     model.generation_config = GenerationConfig(eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     n_params = sum(p.numel() for p in model.parameters())
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, rule="tiny_model") as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp, save_jinja_files=False)  # the chat template inside tokenizer_config.json
     return {"parameters": n_params, "vocab_size": len(tokenizer)}

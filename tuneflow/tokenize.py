@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 
 from tuneflow.errors import TuneflowError
-from tuneflow.io import atomic_dir, read_jsonl
+from tuneflow.io import atomic_dir, read_jsonl, verify_dir
 from tuneflow.templates import assistant_spans, render
 
 IGNORE = -100
@@ -120,9 +120,10 @@ def tokenize_dataset(data_dir, tokenizer, settings: dict, out_dir) -> dict:
     from datasets import Dataset
 
     data_dir = Path(data_dir)
+    verify_dir(data_dir)
     kind = settings["kind"]
     meta = {"kind": kind, "settings": settings, "source": str(data_dir), "splits": {}}
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, rule="tokenize") as tmp:
         for split in ("train", "validation"):
             records = read_jsonl(data_dir / f"{split}.jsonl")
             rows, stats = tokenize_split(records, tokenizer, settings)

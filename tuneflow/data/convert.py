@@ -18,7 +18,7 @@ import tuneflow
 from tuneflow.data.formats import CONVERTERS, RecordError
 from tuneflow.data.readers import SourceInfo, iter_records, resolve_paths
 from tuneflow.errors import DataError
-from tuneflow.io import atomic_dir, sha256_file
+from tuneflow.io import atomic_dir
 
 MAX_DROP_EXAMPLES = 20
 
@@ -111,7 +111,8 @@ def convert_dataset(settings: dict, out_dir) -> dict:
             rec = {"id": sample_id if sample_id is not None else key[4:20], **rec}
             (validation if is_validation(key, seed, fraction) else train).append(rec)
             counts["kept"] += 1
-        sources.append({"path": str(path), "sha256": sha256_file(path), "bytes": Path(path).stat().st_size,
+        # sha256 and size of the bytes read (the file may have been replaced since)
+        sources.append({"path": str(path), "sha256": info.sha256, "bytes": info.bytes,
                         "records_read": read_here, "notes": info.notes})
 
     if counts["kept"] == 0:
@@ -137,7 +138,7 @@ def convert_dataset(settings: dict, out_dir) -> dict:
         "on_bad_record": "skip" if skip_bad else "error",
         "tuneflow_version": tuneflow.__version__,
     }
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, rule="convert") as tmp:
         for split, rows in (("train", train), ("validation", validation)):
             with open(tmp / f"{split}.jsonl", "w", encoding="utf-8") as f:
                 for r in rows:

@@ -16,6 +16,11 @@ class RecordError(ValueError):
 
 
 FORMATS = ("alpaca", "promptcblue", "sharegpt", "text", "preference")
+# PromptCBLUE's task names (its v1 name CMeIE included); evaluation scores each task by its own
+# rule (tuneflow.eval.promptcblue.TASKS, which tests/test_promptcblue.py keeps equal to this).
+PROMPTCBLUE_TASKS = ("CMeEE-V2", "CMeIE-V2", "CMeIE", "CHIP-CDN", "CHIP-CDEE", "IMCS-V2-NER", "CHIP-MDCFNPC",
+                     "IMCS-V2-SR", "IMCS-V2-DAC", "IMCS-V2-MRG", "CHIP-CTC", "CHIP-STS", "KUAKE-IR", "KUAKE-QIC",
+                     "KUAKE-QQR", "KUAKE-QTR", "MedDG", "Text2DT", "CMedCausal")
 ROLE_ALIASES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                 "chatgpt": "assistant", "bing": "assistant", "bard": "assistant", "model": "assistant",
                 "system": "system"}
@@ -78,10 +83,15 @@ def convert_promptcblue(rec, columns, system=None):
     task_type = _field(rec, columns, "task_type", required=False, default=None)
     if task_type is None:
         task_type = _field(rec, {}, "type", required=False, default=None)
+    # Evaluation scores a record by its task's rule: an unknown task is refused here, not there.
+    task = _field(rec, columns, "task_dataset")
+    if task not in PROMPTCBLUE_TASKS:
+        raise RecordError(f"field '{columns.get('task_dataset', 'task_dataset')}' names an unknown PromptCBLUE task "
+                          f"{task!r} (known: {', '.join(PROMPTCBLUE_TASKS)})")
     meta = {
         "sample_id": _field(rec, columns, "sample_id", required=False, kind=(str, int), default=None),
         "task_type": task_type,
-        "task_dataset": _field(rec, columns, "task_dataset", required=False, default=None),
+        "task_dataset": task,
         "answer_choices": _field(rec, columns, "answer_choices", required=False, kind=list, default=[]),
     }
     if meta["sample_id"] is not None:

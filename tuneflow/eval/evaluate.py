@@ -30,8 +30,11 @@ LOGIT_BUDGET = 2**27
 
 def load_model(spec, device):
     from tuneflow import models
+    from tuneflow.io import verify_dir
 
     model_dir = models.resolve_model_path(spec["path"], spec.get("revision"))
+    if distributed.local_rank() == 0:
+        verify_dir(model_dir, required=False)  # a model of the workflow's (merged, embedded) has a manifest
     return models.load_causal_lm(spec, model_dir).to(device).eval(), model_dir
 
 
@@ -211,9 +214,12 @@ def evaluate(settings: dict, data_dirs: dict, out_dir):
     import torch
 
     from tuneflow import models
-    from tuneflow.io import atomic_dir
+    from tuneflow.io import atomic_dir, verify_dir
 
     distributed.die_with_launcher()
+    if distributed.local_rank() == 0:  # every file as its rule wrote it
+        for data_dir in data_dirs.values():
+            verify_dir(data_dir)
     rank, world = distributed.start(DIST_TIMEOUT_S)
     torch.manual_seed(settings["seed"])
     device = hardware.device()
@@ -228,7 +234,7 @@ def evaluate(settings: dict, data_dirs: dict, out_dir):
             results[name] = (res, preds)
             print(f"[tuneflow] {name}: {json.dumps(res['metrics'])}", file=sys.stderr, flush=True)
     if rank == 0:
-        with atomic_dir(out_dir) as tmp:
+        with atomic_dir(out_dir, rule="evaluate") as tmp:
             for name, (res, preds) in results.items():
                 with open(tmp / f"{name}.json", "w", encoding="utf-8") as f:
                     json.dump({**res, "settings": settings}, f, indent=2, ensure_ascii=False)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import shutil
 import time
@@ -13,29 +14,53 @@ from pathlib import Path
 
 from tuneflow.distributed import barrier, is_main, log, world_size
 from tuneflow.errors import TuneflowError
-from tuneflow.io import storage_error
+from tuneflow.io import follow_umask, storage_error, write_dir_manifest
 from tuneflow.provenance import hardware, versions
 from tuneflow.train.checkpoints import resume_note
+from tuneflow.train.divergence import NONFINITE_KEY, check_finite_weights
 
 
-def write_loss_log(log_history, out_dir):
-    rows = []
+def loss_log_rows(log_history) -> list[dict]:
+    """One row per logged step. A value that is not finite is written as null and named in the
+    row's `nonfinite` list, never as a number. A row whose logging window held non-finite steps
+    (tuneflow.train.divergence) lists them in `nonfinite_steps`; if one had a non-finite loss, the
+    row's loss is null too (the trainer logs the average of the finite ones there)."""
+    flagged = {e["step"]: e[NONFINITE_KEY] for e in log_history if NONFINITE_KEY in e}
+    rows, last_step = [], 0
     for entry in log_history:
-        if "step" not in entry:
+        if "step" not in entry or NONFINITE_KEY in entry:
             continue
         if not any(k in entry for k in ("loss", "eval_loss")):
             continue
-        rows.append({"step": entry.get("step"), "epoch": entry.get("epoch"), "loss": entry.get("loss"),
-                     "learning_rate": entry.get("learning_rate"), "grad_norm": entry.get("grad_norm"),
-                     "eval_loss": entry.get("eval_loss"),
-                     **{k: v for k, v in entry.items() if k.startswith("rewards/") or k == "eval_rewards/accuracies"}})
+        row = {"step": entry.get("step"), "epoch": entry.get("epoch"), "loss": entry.get("loss"),
+               "learning_rate": entry.get("learning_rate"), "grad_norm": entry.get("grad_norm"),
+               "eval_loss": entry.get("eval_loss"),
+               **{k: v for k, v in entry.items() if k.startswith("rewards/") or k == "eval_rewards/accuracies"}}
+        nonfinite = [k for k, v in row.items() if isinstance(v, float) and not math.isfinite(v)]
+        if "loss" in entry:
+            window = sorted(s for s in flagged if last_step < s <= entry["step"])
+            last_step = entry["step"]
+            if window:
+                row["nonfinite_steps"] = window
+                if any(flagged[s].startswith("loss") for s in window):
+                    nonfinite = list(dict.fromkeys(["loss", *nonfinite]))
+        for k in nonfinite:
+            row[k] = None
+        if nonfinite:
+            row["nonfinite"] = nonfinite
+        rows.append(row)
+    return rows
+
+
+def write_loss_log(log_history, out_dir):
+    rows = loss_log_rows(log_history)
     keys = list(dict.fromkeys(k for r in rows for k in r))
     with open(Path(out_dir) / "loss_log.csv", "w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=keys)
         w.writeheader()
         w.writerows(rows)
     with open(Path(out_dir) / "loss_log.json", "w", encoding="utf-8") as f:
-        json.dump(rows, f, indent=1)
+        json.dump(rows, f, indent=1, allow_nan=False)
 
 
 def effective_setup(trainer) -> dict:
@@ -54,6 +79,7 @@ def finalize(trainer, run, ckpt, extra_info=None):
     tokenizer + logs into a temporary directory and rename it to the declared output; then remove
     the checkpoints. Every rank must call this (ZeRO-3 gathers). `run`: setup.StageRun; `ckpt`:
     checkpoints.Checkpointing."""
+    check_finite_weights(trainer.model, trainer.args.device, "the trained weights")
     info = {}
     if run.eval_dataset is not None:
         info["final_eval"] = trainer.evaluate()
@@ -115,6 +141,8 @@ def _write_outputs(trainer, run, ckpt, extra_info, staging: Path, out: Path):
         }
         with open(staging / "train_info.json", "w", encoding="utf-8") as f:
             json.dump(info, f, indent=2, default=str)
+        follow_umask(staging)  # safetensors writes 0600
+        write_dir_manifest(staging, f"train_{settings['stage']}")
         if out.exists():
             shutil.rmtree(out)
         os.replace(staging, out)

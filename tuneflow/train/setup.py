@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from tuneflow import distributed, hardware, models
 from tuneflow.deepspeed_config import deepspeed_config_path
 from tuneflow.errors import ConfigError
+from tuneflow.io import verify_dir
 from tuneflow.stages import STAGES
 
 
@@ -62,6 +63,10 @@ def prepare(stage: str, argv=None, description="") -> StageRun:
 
     disable_progress_bars()
     base_dir = models.resolve_model_path(spec["path"], spec.get("revision"), key="base_model.path")
+    if distributed.local_rank() == 0:  # once per node: every file as its rule wrote it
+        for d in args.data:
+            verify_dir(d)
+        verify_dir(base_dir, required=False)  # a model of the workflow's (merged, embedded) has a manifest
     model_cfg = models.check_model_dir(base_dir, spec)
     models.check_stage_against_model(settings, stage, base_dir, model_cfg, f"stages.{stage}")
     template = settings["chat_template"] if STAGES[stage].uses_chat_template else None

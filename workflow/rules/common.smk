@@ -17,13 +17,18 @@ from tuneflow.plan import Plan, canonical  # noqa: E402
 from tuneflow.deepspeed_config import deepspeed_config_path  # noqa: E402
 from tuneflow.stages import STAGE_NAMES, STAGES  # noqa: E402
 
-# Friendly errors first (unknown keys with suggestions, dotted key names), then Snakemake's own
-# validation against the same schema.
+# Friendly errors first (the config files themselves: duplicate keys, alias expansion; then
+# unknown keys with suggestions, dotted key names), then Snakemake's own validation against the
+# same schema.
 try:
+    for _configfile in workflow.configfiles:  # --configfile ones and the Snakefile's, as Snakemake read them
+        tuneflow_config.check_config_file(_configfile)
     RESOLVED = tuneflow_config.resolve(config)
     preflight(RESOLVED)  # the config against a base model on local disk, before any job runs
 except TuneflowError as e:
     raise WorkflowError(f"invalid configuration: {e}") from None
+for _note in tuneflow_config.planning_notes(RESOLVED):
+    print(f"tuneflow: note: {_note}", file=sys.stderr)
 validate(config, os.path.join(workflow.basedir, "workflow/schemas/config.schema.yaml"))
 PLAN = Plan(RESOLVED)
 TOKENIZE = PLAN.tokenize_registry()

@@ -15,7 +15,7 @@ rule convert:
     conda:
         "../../envs/data.yaml"
     shell:
-        "python {input.script} --settings {params.settings:q} --out {output} > {log} 2>&1"
+        "python {input.script:q} --settings {params.settings:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule tokenize:
@@ -33,4 +33,4 @@ rule tokenize:
     conda:
         "../../envs/data.yaml"
     shell:
-        "python {input.script} --data {input.data} --settings {params.settings:q} --out {output} > {log} 2>&1"
+        "python {input.script:q} --data {input.data:q} --settings {params.settings:q} --out {output:q} > {log:q} 2>&1"

@@ -18,9 +18,9 @@ rule evaluate:
     conda:
         "../../envs/eval.yaml"
     shell:
-        "python {input.launcher} --nnodes {resources.nodes} --nproc-per-node {params.nproc}"
-        " {input.script} model --settings {params.settings:q} --data {input.data}"
-        " --out {output} > {log} 2>&1"
+        "python {input.launcher:q} --nnodes {resources.nodes:q} --nproc-per-node {params.nproc:q}"
+        " {input.script:q} model --settings {params.settings:q} --data {input.data:q}"
+        " --out {output:q} > {log:q} 2>&1"
 
 
 rule summarize:
@@ -41,4 +41,4 @@ rule summarize:
     conda:
         "../../envs/report.yaml"
     shell:
-        "python {input.script} --jobs {params.jobs:q} --out {output} > {log} 2>&1"
+        "python {input.script:q} --jobs {params.jobs:q} --out {output:q} > {log:q} 2>&1"

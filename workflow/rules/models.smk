@@ -16,5 +16,5 @@ rule tiny_model:
     conda:
         "../../envs/train.yaml"
     shell:
-        "python {input.script} --settings {params.settings:q} --seed {params.seed}"
-        " --out {output} {input.corpus} > {log} 2>&1"
+        "python {input.script:q} --settings {params.settings:q} --seed {params.seed:q}"
+        " --out {output:q} {input.corpus:q} > {log:q} 2>&1"

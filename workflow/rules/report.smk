@@ -23,5 +23,5 @@ rule report:
     conda:
         "../../envs/report.yaml"
     shell:
-        "python {input.script} --summary {input.summary} --plan {params.plan:q}"
-        " --bundle {output.bundle} --out {output.html} > {log} 2>&1"
+        "python {input.script:q} --summary {input.summary:q} --plan {params.plan:q}"
+        " --bundle {output.bundle:q} --out {output.html:q} > {log:q} 2>&1"

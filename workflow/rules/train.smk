@@ -24,9 +24,9 @@ for _stage in STAGE_NAMES:
         conda:
             "../../envs/train.yaml"
         shell:
-            "python {input.launcher} --nnodes {resources.nodes} --nproc-per-node {params.nproc}"
-            " {input.script} {params.stage} --settings {params.settings:q} --data {input.data}"
-            " --data-manifests {params.manifests} --output {output} --work-dir {params.work} > {log} 2>&1"
+            "python {input.launcher:q} --nnodes {resources.nodes:q} --nproc-per-node {params.nproc:q}"
+            " {input.script:q} {params.stage:q} --settings {params.settings:q} --data {input.data:q}"
+            " --data-manifests {params.manifests:q} --output {output:q} --work-dir {params.work:q} > {log:q} 2>&1"
 
 
 rule merge:
@@ -46,4 +46,4 @@ rule merge:
     conda:
         "../../envs/train.yaml"
     shell:
-        "python {input.script} --settings {params.settings:q} --adapter {input.adapter} --out {output} > {log} 2>&1"
+        "python {input.script:q} --settings {params.settings:q} --adapter {input.adapter:q} --out {output:q} > {log:q} 2>&1"

@@ -16,6 +16,7 @@ from tuneflow import models, tiny_model
 from tuneflow.config import enabled_stages
 from tuneflow.errors import ModelError
 from tuneflow.plan import RESULTS, TINY_MODEL_DIR
+from tuneflow.templates import BUILTIN
 
 
 @functools.lru_cache(maxsize=64)

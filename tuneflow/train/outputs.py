@@ -109,6 +109,8 @@ def _write_outputs(trainer, run, ckpt, extra_info, staging: Path, out: Path):
             "train_runtime_s": next((e["train_runtime"] for e in reversed(trainer.state.log_history) if "train_runtime" in e), None),
             "steps": trainer.state.global_step, "resumed_from_step": ckpt.resumed_step,
             "train_tokens": getattr(trainer.state, "num_input_tokens_seen", None) or None,
+            # embedding rows trained with (a chat template's added tokens): merge resizes the base to it
+            "vocab_size": trainer.model.config.get_text_config().vocab_size,
             "settings": settings, "effective": effective_setup(trainer), "data": _data_provenance(args.data_manifests),
             "versions": versions(), "hardware": hardware(),
             **extra_info,

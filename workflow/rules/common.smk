@@ -177,5 +177,6 @@ def report_plan():
     return {
         "eval_jobs": [list(j) for j in PLAN.eval_jobs()],
         "trained": [list(t) for t in PLAN.trained_stages()],
+        "tokenized": [list(t) for t in PLAN.tokenized_data()],
         "configs": PLAN.variants,
     }

@@ -42,7 +42,9 @@ def effective_setup(trainer) -> dict:
     """What the trainer and model actually ran with (as opposed to what was asked for)."""
     a, cfg = trainer.args, trainer.model.config
     return {"attn_implementation": cfg._attn_implementation, "rope_parameters": getattr(cfg, "rope_parameters", None),
-            "gradient_checkpointing": a.activation_checkpointing, "neftune_noise_alpha": a.neftune_noise_alpha,
+            "gradient_checkpointing": a.activation_checkpointing,
+            "gradient_checkpointing_kwargs": a.activation_checkpointing_kwargs, "warmup_steps": a.warmup_steps,
+            "neftune_noise_alpha": a.neftune_noise_alpha,
             "bf16": a.bf16, "fp16": a.fp16, "use_liger_kernel": a.use_liger_kernel, "torch_compile": a.torch_compile,
             "deepspeed": bool(a.deepspeed), "packing": getattr(a, "packing", None),
             "padding_free": getattr(a, "padding_free", None), "per_device_batch_size": a.per_device_train_batch_size,

@@ -1,6 +1,7 @@
 # Config validation, the plan of every output (tuneflow.plan), and the input / params / resources
 # functions the rules use. Rules themselves live in the other .smk files.
 
+import json
 import os
 import sys
 

@@ -12,8 +12,6 @@ the counts). The hyperparameter test reads each preset's header table.
 from __future__ import annotations
 
 import functools
-import gzip
-import json
 import re
 
 import pytest

@@ -35,7 +35,6 @@ from dataclasses import dataclass, field
 from tuneflow.errors import ModelError
 
 IGNORE = -100
-ROLES = ("system", "user", "assistant")
 
 
 class _Bos:
@@ -164,6 +163,7 @@ def prepare_tokenizer(tokenizer, name: str, where: str = "chat_template"):
         tokenizer.add_special_tokens(wanted, replace_extra_special_tokens=False)
     tokenizer.tuneflow_added_tokens = getattr(tokenizer, "tuneflow_added_tokens", 0) + len(tokenizer) - before
     _special_strings.cache_clear()
+    _adds_bos.cache_clear()
     return tokenizer
 
 

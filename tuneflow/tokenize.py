@@ -156,7 +156,8 @@ def pt_document_ids(tokenizer, texts, settings: dict) -> list[list[int]]:
     tokenizer has one), EOS last when eos_per_document does."""
     bos = [tokenizer.bos_token_id] if settings.get("bos_per_document") and tokenizer.bos_token_id is not None else []
     eos = [tokenizer.eos_token_id] if settings.get("eos_per_document", True) else []
-    return [bos + ids + eos for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
+    texts = list(texts)
+    return [bos + ids + eos for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
 
 
 def tokenize_pt(records, tokenizer, settings: dict):
@@ -260,7 +261,7 @@ def tokenize_dataset(data_dir, tokenizer, settings: dict, out_dir) -> dict:
                 print(f"[tuneflow] WARNING: {warning}", file=sys.stderr, flush=True)
                 meta["warnings"].append(warning)
             Dataset.from_dict({c: [r[c] for r in rows] for c in COLUMNS[kind]}, features=features).save_to_disk(str(tmp / split))
-            meta["splits"][split] = stats
+            meta["splits"][split] = {**stats, "rows": len(rows)}
         with open(tmp / "meta.json", "w", encoding="utf-8") as f:
             json.dump(meta, f, indent=2, ensure_ascii=False)
     return meta

@@ -5,6 +5,7 @@ trainer arguments, the LoRA config and the model as the stage's settings say."""
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from dataclasses import dataclass
 
@@ -73,9 +74,15 @@ def prepare(stage: str, argv=None, description="") -> StageRun:
     tokenizer = models.load_tokenizer(base_dir, spec, template)
     models.check_tokenizer_fits(tokenizer, model_cfg, base_dir)
 
-    train_dataset = concatenate_datasets([load_from_disk(f"{d}/train") for d in args.data])
-    eval_parts = [p for p in (load_from_disk(f"{d}/validation") for d in args.data) if len(p)]
-    eval_dataset = concatenate_datasets(eval_parts) if eval_parts else None
+    def rows(split):  # a split with no rows (a held_out dataset's train split) is not loaded
+        parts = []
+        for d in args.data:
+            with open(f"{d}/meta.json", encoding="utf-8") as f:
+                if json.load(f)["splits"][split].get("rows", 1):
+                    parts.append(load_from_disk(f"{d}/{split}"))
+        return concatenate_datasets(parts) if parts else None
+
+    train_dataset, eval_dataset = rows("train"), rows("validation")
     return StageRun(stage, args, settings, base_dir, model_cfg, tokenizer, train_dataset, eval_dataset, started)
 
 

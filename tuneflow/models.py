@@ -143,7 +143,10 @@ EMBEDDING_INIT_SEED = 0
 
 
 def embedding_rows(model) -> int:
-    return model.get_input_embeddings().weight.shape[0]
+    """Rows of the input embeddings (under DeepSpeed ZeRO-3 a rank holds a partition: its full
+    shape is ds_shape)."""
+    weight = model.get_input_embeddings().weight
+    return getattr(weight, "ds_shape", weight.shape)[0]
 
 
 def resize_embeddings(model, rows: int):

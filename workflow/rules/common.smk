@@ -80,6 +80,20 @@ def raw_files(dataset):
         raise WorkflowError(str(e)) from None
 
 
+def length_warnings():
+    """The tokenize jobs' warnings (more than data.truncation_warn_fraction of a dataset's records
+    cut or dropped), from the meta.json of every tokenized directory this run uses."""
+    found = []
+    for v in PLAN.variant_names():
+        for stage in PLAN.stages(v):
+            for d in PLAN.tokenized_dirs(v, stage):
+                meta = os.path.join(d, "meta.json")
+                if os.path.isfile(meta):
+                    with open(meta, encoding="utf-8") as f:
+                        found += [w for w in json.load(f).get("warnings", []) if w not in found]
+    return found
+
+
 # -- training -------------------------------------------------------------------------------------
 
 

@@ -36,20 +36,6 @@ rule tokenize:
         "python {input.script} --data {input.data} --settings {params.settings:q} --out {output} > {log} 2>&1"
 
 
-def length_warnings():
-    """The tokenize jobs' warnings (more than data.truncation_warn_fraction of a dataset's records
-    cut or dropped), from the meta.json of every tokenized directory this run uses."""
-    found = []
-    for v in PLAN.variant_names():
-        for stage in PLAN.stages(v):
-            for d in PLAN.tokenized_dirs(v, stage):
-                meta = os.path.join(d, "meta.json")
-                if os.path.isfile(meta):
-                    with open(meta, encoding="utf-8") as f:
-                        found += [w for w in json.load(f).get("warnings", []) if w not in found]
-    return found
-
-
 onsuccess:
     # Said again at the end of the run, not only in logs/tokenize/: nothing is cut silently.
     for warning in length_warnings():

@@ -21,6 +21,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 ALPACA = REPO.parent / "shared" / "data" / "stanford_alpaca" / "alpaca_data.json.gz"
+LLAMA2 = REPO.parent / "shared" / "tokenizers" / "llama2"
 
 
 def bench_convert_tokenize(path, vocab):
@@ -29,7 +30,7 @@ def bench_convert_tokenize(path, vocab):
 
     from tuneflow.data.convert import convert_dataset
     from tuneflow.io import read_jsonl
-    from tuneflow.templates import CHATML
+    from tuneflow.tiny_model import CHATML_JINJA
     from tuneflow.tokenize import tokenize_dataset
 
     tmp = Path(tempfile.mkdtemp())
@@ -46,16 +47,30 @@ def bench_convert_tokenize(path, vocab):
                                                        special_tokens=["<|im_start|>", "<|im_end|>", "<|pad|>"],
                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
     tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|pad|>")
-    tok.chat_template = CHATML
+    tok.chat_template = CHATML_JINJA
     t0 = time.perf_counter()
-    meta = tokenize_dataset(tmp / "data", tok, {"kind": "sft", "max_length": 1024, "mask_prompt": True}, tmp / "tokenized")
+    meta = tokenize_dataset(tmp / "data", tok, {"kind": "sft", "max_length": 1024, "mask_prompt": True,
+                                               "chat_template": "tokenizer"}, tmp / "tokenized")
     t_tokenize = time.perf_counter() - t0
+    builtin = {}
+    if LLAMA2.is_dir():  # the built-in templates tokenize piece by piece (tuneflow.templates): time two
+        from tuneflow import models
+        from tuneflow.tokenize import tokenize_sft
+
+        records = read_jsonl(tmp / "data" / "train.jsonl")
+        for name in ("llama2_zh", "alpaca"):
+            llama = models.load_tokenizer(LLAMA2, {}, name)
+            t0 = time.perf_counter()
+            tokenize_sft(records, llama, {"max_length": 1024, "mask_prompt": True, "chat_template": name})
+            builtin[name] = (len(records), time.perf_counter() - t0)
     shutil.rmtree(tmp)
     c = manifest["counts"]
     print(f"convert:  {c['read']} records read, {c['kept']} kept in {t_convert:.1f} s")
     print(f"tokenize: {meta['splits']['train']['records'] + meta['splits']['validation']['records']} samples "
           f"({meta['splits']['train']['tokens']:,} train tokens, prompts masked, chatml) in {t_tokenize:.1f} s")
     print(f"convert + tokenize: {t_convert + t_tokenize:.1f} s on {os.cpu_count()} cores (target < 60 s)")
+    for name, (n, seconds) in builtin.items():
+        print(f"tokenize with the built-in template {name} (Llama-2 tokenizer): {n} samples in {seconds:.1f} s")
 
 
 def bench_plan(n_variants):

@@ -50,7 +50,7 @@ def build_tokenizer(texts, vocab_size, out_dir):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from tuneflow.templates import CHATML
+    from tuneflow.tiny_model import CHATML_JINJA
 
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -59,7 +59,7 @@ def build_tokenizer(texts, vocab_size, out_dir):
                                                        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>"],
                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
     tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|pad|>")
-    tok.chat_template = CHATML
+    tok.chat_template = CHATML_JINJA
     tok.save_pretrained(out_dir)
     return tok
 
@@ -241,7 +241,7 @@ def main():
         needed = (a.steps + a.warmup) * max(a.baseline_micro_batch, a.micro_batch or 1) * 4 + a.eval_samples
         rows = dense_rows(needed, a.max_length, len(tok))
     else:
-        rows, _ = tokenize_sft(records, tok, a.max_length)
+        rows, _ = tokenize_sft(records, tok, {"max_length": a.max_length, "mask_prompt": True})
     eval_rows, rows = rows[:a.eval_samples], rows[a.eval_samples:]
     mean_len = sum(len(r["input_ids"]) for r in rows) / max(len(rows), 1)
     print(f"data: {a.data_kind}, {len(rows)} samples, mean {mean_len:.1f} tokens, vocab {len(tok)}, device {device}"
@@ -286,7 +286,7 @@ def main():
         """The SFT recipe's trainer, model loaded by the recipe's loader, tuneflow's default settings."""
         timer = StepTimer(a.warmup, device)
         settings = {"seed": 0, "base_model": spec, "finetuning": finetuning, "deepspeed": None,
-                    "quantization": defaults["quantization"],
+                    "quantization": defaults["quantization"], "chat_template": "tokenizer",
                     "training": {**training, "max_steps": a.steps + a.warmup, "per_device_batch_size": micro,
                                  "gradient_checkpointing": checkpointing, "logging_steps": 1, "save_steps": 10**9,
                                  "packing": packing}}

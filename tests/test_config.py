@@ -188,3 +188,58 @@ def test_the_deepspeed_presets_pass_the_planning_checks():
     training = {"per_device_batch_size": 4, "gradient_accumulation_steps": 2}
     for preset in PRESETS:
         check_deepspeed_config(preset, "stages.sft.deepspeed", training, world_size=8)
+
+
+def test_every_builtin_template_is_a_choice_of_the_schema():
+    from tuneflow.templates import NAMES
+
+    assert config.schema()["properties"]["chat_template"]["enum"] == list(NAMES)
+
+
+def _eval_dev(**dev):
+    raw = raw_default()
+    raw["datasets"]["dev"] = {"path": "resources/demo/sft_alpaca.json", "format": "alpaca", "stages": ["sft"], **dev}
+    raw["evaluation"] = {**raw.get("evaluation", {}), "datasets": ["dev"]}
+    return raw
+
+
+def test_a_dataset_named_for_evaluation_cannot_also_train_unless_said_so(tmp_path):
+    with pytest.raises(ConfigError, match=r"'evaluation\.datasets\[0\]': dataset 'dev' is evaluated but also trains "
+                                          r"stage 'sft'.*held_out: true.*train_and_evaluate: true"):
+        config.resolve(_eval_dev())
+    assert config.resolve(_eval_dev(train_and_evaluate=True))
+    dev = tmp_path / "dev.json"
+    dev.write_text('[{"instruction": "q", "output": "a"}]')
+    assert config.resolve(_eval_dev(held_out=True, path=str(dev)))
+
+
+def test_a_held_out_dataset_may_not_read_training_files_unless_said_so(monkeypatch):
+    monkeypatch.chdir(REPO)
+    with pytest.raises(ConfigError, match=r"'datasets\.dev\.path': the held_out dataset 'dev' reads .*sft_alpaca\.json, "
+                                          r"which dataset 'demo_alpaca' trains on.*overlaps_training: true"):
+        config.resolve(_eval_dev(held_out=True))
+    assert config.resolve(_eval_dev(held_out=True, overlaps_training=True))
+
+
+def test_held_out_datasets_alone_do_not_feed_a_stage():
+    raw = raw_default()
+    raw["datasets"]["demo_pairs"]["held_out"] = True
+    with pytest.raises(ConfigError, match=r"stage 'dpo' is enabled but no dataset lists 'dpo' in its stages \(only held_out"):
+        config.resolve(raw)
+
+
+def test_turn_truncation_needs_both_limits_and_keep_linebreaks_only_text():
+    with pytest.raises(ConfigError, match=r"'stages\.sft\.truncation\.max_target_length': the 'turn' strategy needs"):
+        resolve_with(stages={"sft": {"truncation": {"strategy": "turn", "max_source_length": 512}}})
+    with pytest.raises(ConfigError, match=r"'datasets\.demo_alpaca\.keep_linebreaks': only text datasets"):
+        resolve_with(datasets={"demo_alpaca": {"keep_linebreaks": True}})
+
+
+def test_template_settings_and_truncation_are_part_of_the_tokenized_data_key():
+    base = Plan(config.load())
+    key = base.tokenize_key("default", "sft")
+    assert Plan(resolve_with(template={"system": "Be brief."})).tokenize_key("default", "sft") != key
+    assert Plan(resolve_with(stages={"sft": {"truncation": {"strategy": "proportional"}}})).tokenize_key("default", "sft") != key
+    assert Plan(resolve_with(stages={"pt": {"eos_per_document": False}})).tokenize_key("default", "pt") != \
+        base.tokenize_key("default", "pt")
+    assert Plan(resolve_with(stages={"sft": {"training": {"learning_rate": 0.1}}})).tokenize_key("default", "sft") == key

@@ -259,3 +259,21 @@ def test_shared_promptcblue_test_split_without_targets_is_refused(tmp_path):
     path = shared_path("promptcblue", "toy_examples", "test.json")
     with pytest.raises(Exception, match=r"line 1: field 'target' is empty"):
         convert(tmp_path, path, "promptcblue")
+
+
+def test_keep_linebreaks_keeps_every_line_as_written_blank_lines_included(tmp_path):
+    """MedicalGPT's pretraining reads text files line by line keeping the line breaks."""
+    (tmp_path / "src").mkdir()
+    src = write(tmp_path / "src" / "pt.txt", "first line\n\nsecond\r\nlast")
+    manifest, rows = convert(tmp_path / "kept", src, "text", keep_linebreaks=True)
+    assert [r["text"] for r in rows] == ["first line\n", "\n", "second\r\n", "last"]
+    assert manifest["keep_linebreaks"] is True
+    _, rows = convert(tmp_path / "plain", src, "text")
+    assert [r["text"] for r in rows] == ["first line", "second", "last"]
+
+
+def test_a_held_out_dataset_is_all_validation_data(tmp_path):
+    src = write(tmp_path / "dev.jsonl", "".join(json.dumps({"instruction": f"q{i}", "output": "a"}) + "\n" for i in range(20)))
+    manifest = convert_dataset(spec(src, "alpaca", held_out=True), tmp_path / "out")
+    assert (len(read_jsonl(tmp_path / "out" / "train.jsonl")), len(read_jsonl(tmp_path / "out" / "validation.jsonl"))) == (0, 20)
+    assert manifest["held_out"] is True and manifest["counts"]["train"] == 0

@@ -1,5 +1,6 @@
 """config/recipes: one preset per seed system. Each validates, dry-runs with its own data, and
-runs end to end on a CPU with the embedded tiny model swapped in (tests/config/recipe-smoke.yaml)."""
+runs end to end on a CPU with the embedded tiny model swapped in (tests/config/recipe-smoke.yaml).
+That each states its seed's hyperparameters and tokenizes as the seed does: tests/test_parity.py."""
 
 from __future__ import annotations
 
@@ -25,25 +26,6 @@ def needs_shared():
 def test_there_is_one_preset_per_seed_system():
     assert RECIPES == ["chinese_llama_alpaca2_sft.yaml", "llama_factory_sft.yaml", "llms_train_promptcblue.yaml",
                        "medicalgpt_chain.yaml", "peft_sft_qlora_zero3.yaml"]
-
-
-def test_presets_express_the_published_hyperparameters():
-    c = {name: config.load(REPO / "config" / "recipes" / name)["stages"] for name in RECIPES}
-    cla = c["chinese_llama_alpaca2_sft.yaml"]["sft"]
-    assert (cla["lora"]["r"], cla["lora"]["alpha"], cla["training"]["learning_rate"], cla["deepspeed"],
-            cla["training"]["max_length"]) == (64, 128, 1e-4, "zero2", 1024)
-    assert sorted(cla["lora"]["target_modules"]) == sorted(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
-    assert cla["lora"]["modules_to_save"] == ["embed_tokens", "lm_head"]
-    peft = c["peft_sft_qlora_zero3.yaml"]["sft"]
-    assert (peft["finetuning"], peft["quantization"]["quant_type"], peft["quantization"]["double_quant"],
-            peft["quantization"]["storage_dtype"], peft["deepspeed"], peft["training"]["packing"],
-            peft["lora"]["r"], peft["lora"]["target_modules"]) == ("qlora", "nf4", True, "bfloat16", "zero3", True, 8, "all-linear")
-    lf = c["llama_factory_sft.yaml"]["sft"]
-    assert (lf["lora"]["target_modules"], lf["training"]["lr_scheduler"], lf["training"]["learning_rate"]) == (["q_proj", "v_proj"], "cosine", 5e-4)
-    llms = c["llms_train_promptcblue.yaml"]["sft"]
-    assert (llms["lora"]["r"], llms["lora"]["alpha"], llms["deepspeed"]) == (8, 32, "zero2")
-    med = c["medicalgpt_chain.yaml"]
-    assert all(med[s]["enabled"] for s in ("pt", "sft", "dpo"))
 
 
 @pytest.mark.parametrize("recipe", RECIPES)
@@ -75,3 +57,10 @@ def test_preset_runs_on_cpu_with_the_tiny_model(recipe, tmp_path):
         check = json.loads((project / "results" / "merged" / stage / "merge_check.json").read_text())
         assert check["max_abs_diff"] <= check.get("tolerance", 0.0)
         assert Path(project / "results" / "merged" / stage / "model.safetensors").is_file()
+        # Tokens the chat template added (chatml_peft: five) got embedding rows in training, and the
+        # merged model has the same rows and the tokenizer that needs them.
+        merged_vocab = json.loads((project / "results" / "merged" / stage / "config.json").read_text())["vocab_size"]
+        tokenizer = json.loads((project / "results" / "merged" / stage / "tokenizer.json").read_text())
+        assert merged_vocab == info["vocab_size"] >= max(t["id"] for t in tokenizer["added_tokens"]) + 1
+        if preset["chat_template"] == "chatml_peft":
+            assert info["vocab_size"] > 800  # recipe-smoke.yaml's tiny vocabulary, resized

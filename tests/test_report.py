@@ -436,3 +436,30 @@ def test_provenance_is_what_each_stage_recorded_when_it_trained():
                               ("sft", {"torch": "2.13.0", "hostname": "n2", "gpus": []}),
                               ("r8/sft", {"torch": "2.14.1", "hostname": "n2", "gpus": []})])
     assert merged == {"torch": "2.13.0 (pt, sft); 2.14.1 (r8/sft)", "hostname": "n1 (pt); n2 (sft, r8/sft)", "gpus": []}
+
+
+def test_data_table_shows_kept_truncated_and_dropped_per_dataset_and_stage(tmp_path):
+    """From the tokenized directories' meta.json: a row per (dataset, stage, split), the split whose
+    cut + dropped records passed the warning threshold marked."""
+    tok = tmp_path / "tokenized" / "alpaca" / "sft-0123456789"
+    tok.mkdir(parents=True)
+    (tok / "meta.json").write_text(json.dumps({
+        "kind": "sft", "warnings": ["alpaca train: 30 of 1000 records (3.0%) were cut ..."],
+        "splits": {"train": {"records": 1000, "kept": 990, "truncated": 20, "dropped": 10,
+                             "truncated_examples": ["r7"], "dropped_examples": ["r9"]},
+                   "validation": {"records": 50, "kept": 50, "truncated": 0, "dropped": 0}}}))
+    pt = tmp_path / "tokenized" / "text" / "pt-0123456789"
+    pt.mkdir(parents=True)
+    (pt / "meta.json").write_text(json.dumps({"kind": "pt", "warnings": [], "splits": {
+        "train": {"records": 400, "kept": 400, "truncated": 0, "dropped": 0, "blocks": 12, "tokens_dropped_at_end": 77},
+        "validation": {"records": 0}}}))
+    rows = report.tokenization_rows([("SFT", "alpaca", str(tok)), ("PT", "text", str(pt))])
+    assert [(r["dataset"], r["stage"], r["split"], r["kept"], r["truncated"], r["dropped"], r["warning"]) for r in rows] == [
+        ("alpaca", "SFT", "train", 990, 20, 10, True), ("alpaca", "SFT", "validation", 50, 0, 0, False),
+        ("text", "PT", "train", 400, 0, 0, False)]
+    page = render_html(small_bundle(tokenization=rows))
+    table = page[page.index('id="tokenization-table"'):]
+    table = table[:table.index("</table>")]
+    assert table.count("<tr") == 4 and "r7, r9" in table and "12 blocks, 77 tokens left over" in table
+    assert 'class="num bad"' in table  # the warned split
+    assert "none (nothing was tokenized" in render_html(small_bundle())

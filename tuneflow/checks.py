@@ -15,6 +15,7 @@ import os
 from tuneflow import models, tiny_model
 from tuneflow.config import RESULTS, TINY_MODEL_DIR, enabled_stages
 from tuneflow.errors import ModelError
+from tuneflow.templates import BUILTIN
 
 
 @functools.lru_cache(maxsize=64)

@@ -269,11 +269,18 @@ def _semantic_checks(cfg, where=""):
                     f"datasets.{name}.stages",
                     f"format '{ds['format']}' cannot feed stage '{stage}' (it takes: {', '.join(sorted(STAGES[stage].formats))})",
                 )
+        if not ds["stages"] and not ds["held_out"]:
+            raise ConfigError(f"datasets.{name}.stages", "a dataset that is not held_out must feed at least one stage")
+        if ds["keep_linebreaks"] and ds["format"] != "text":
+            raise ConfigError(f"datasets.{name}.keep_linebreaks", f"only text datasets have line breaks to keep, "
+                              f"not format '{ds['format']}'")
     for stage in STAGE_NAMES:
         st = cfg["stages"][stage]
         key = f"{prefix}stages.{stage}"
-        if st["enabled"] and not stage_datasets(cfg, stage):
-            raise ConfigError(f"{key}.enabled", f"stage '{stage}' is enabled but no dataset lists '{stage}' in its stages")
+        if st["enabled"] and not training_datasets(cfg, stage):
+            only_held_out = " (only held_out ones, which are validation data)" if stage_datasets(cfg, stage) else ""
+            raise ConfigError(f"{key}.enabled", f"stage '{stage}' is enabled but no dataset lists '{stage}' in its "
+                                                f"stages{only_held_out}")
         if st["finetuning"] != "qlora" and "quantization" in cfg.get("_explicit", {}).get(stage, ()):
             raise ConfigError(
                 f"{key}.quantization",
@@ -288,6 +295,12 @@ def _semantic_checks(cfg, where=""):
             deepspeed_config.check_deepspeed_config(ds, f"{key}.deepspeed", st["training"], world)
         if st["lora"]["use_dora"] and st["finetuning"] == "qlora" and st["quantization"]["bits"] == 8:
             raise ConfigError(f"{key}.lora.use_dora", "DoRA is not supported on 8-bit quantized weights")
+        trunc = st.get("truncation")
+        if trunc and trunc["strategy"] == "turn":
+            for k in ("max_source_length", "max_target_length"):
+                if trunc[k] is None:
+                    raise ConfigError(f"{key}.truncation.{k}", "the 'turn' strategy needs max_source_length and "
+                                                               "max_target_length")
     eval_ds = cfg["evaluation"]["datasets"]
     if eval_ds == [] and cfg["evaluation"]["enabled"]:
         raise ConfigError(f"{prefix}evaluation.datasets", "is empty: list the datasets to evaluate, leave the key out to "
@@ -297,6 +310,39 @@ def _semantic_checks(cfg, where=""):
             close = difflib.get_close_matches(name, list(datasets), n=1)
             hint = f"; did you mean '{close[0]}'?" if close else ""
             raise ConfigError(f"{prefix}evaluation.datasets[{i}]", f"unknown dataset '{name}'{hint}")
+        ds = datasets[name]
+        trained = [s for s in ds["stages"] if cfg["stages"][s]["enabled"]]
+        if trained and not ds["held_out"] and not ds["train_and_evaluate"]:
+            raise ConfigError(f"{prefix}evaluation.datasets[{i}]",
+                              f"dataset '{name}' is evaluated but also trains stage '{trained[0]}' (its records outside "
+                              "the validation split are trained on): evaluation data stays out of training. Give the "
+                              f"evaluation file as its own dataset with held_out: true, or set "
+                              f"datasets.{name}.train_and_evaluate: true to train on the rest deliberately")
+    _check_overlaps(datasets)
+
+
+def _check_overlaps(datasets):
+    """A held_out dataset must not read a file a training dataset reads, unless overlaps_training says so."""
+    from tuneflow.data.readers import resolve_paths
+    from tuneflow.errors import DataError
+
+    def files(ds):
+        try:
+            return {os.path.realpath(p) for p in resolve_paths(ds["path"])}
+        except DataError:  # missing files are reported by the convert job, naming the key
+            return set()
+
+    training = {n: ds for n, ds in datasets.items() if not ds["held_out"]}
+    for name, ds in datasets.items():
+        if not ds["held_out"] or ds["overlaps_training"]:
+            continue
+        mine = files(ds)
+        for other, tds in training.items():
+            shared = mine & files(tds) if mine else set()
+            if shared:
+                raise ConfigError(f"datasets.{name}.path", f"the held_out dataset '{name}' reads {sorted(shared)[0]}, "
+                                  f"which dataset '{other}' trains on: validation data stays out of training; set "
+                                  f"datasets.{name}.overlaps_training: true if that is deliberate")
 
 
 def planning_notes(resolved: dict) -> list[str]:
@@ -383,8 +429,13 @@ def load(path=DEFAULT_CONFIG, overrides: dict | None = None) -> dict:
 
 
 def stage_datasets(cfg, stage) -> list[str]:
-    """Datasets that feed `stage`, in config order."""
+    """Datasets that feed `stage` (its training data, and held_out datasets: its validation data), in config order."""
     return [name for name, ds in cfg["datasets"].items() if stage in ds["stages"]]
+
+
+def training_datasets(cfg, stage) -> list[str]:
+    """Datasets whose train split `stage` trains on."""
+    return [name for name in stage_datasets(cfg, stage) if not cfg["datasets"][name]["held_out"]]
 
 
 def enabled_stages(cfg) -> list[str]:

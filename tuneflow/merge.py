@@ -83,6 +83,11 @@ def merge_adapter(settings: dict, adapter_dir, out_dir) -> dict:
     verify_dir(base_dir, required=False)  # a model of the workflow's (merged, embedded) has a manifest
     # Unquantized, in the stored dtype, with the RoPE scaling the adapter was trained with.
     base = models.load_causal_lm(base_spec, base_dir, rope_scaling=settings.get("rope_scaling")).to(device)
+    # Tokens a chat template added during training: the same rows, drawn the same way, before the
+    # adapter (and any embeddings it trained in full) is applied.
+    info = adapter_dir / "train_info.json"
+    if info.is_file():
+        models.resize_embeddings(base, json.loads(info.read_text()).get("vocab_size") or 0)
     dtype = base.dtype
     model = PeftModel.from_pretrained(base, adapter_dir).to(device).eval()
     ids = _samples(base.config.vocab_size).to(device)

@@ -158,22 +158,82 @@ def torch_dtype(name: str, model_cfg: dict | None = None):
 
 
 def load_tokenizer(model_dir, spec: dict, template: str | None = None, key="chat_template"):
-    from tuneflow.templates import apply_chat_template_setting
+    """The model's tokenizer, made ready for chat template `template` (tuneflow.templates: a
+    built-in's special tokens added, counted in `tokenizer.tuneflow_added_tokens`)."""
+    from tuneflow.templates import prepare_tokenizer
 
     tok = auto_tokenizer(model_dir, bool(spec.get("trust_remote_code")))
+    tok.tuneflow_added_tokens = 0
+    if template is not None:
+        prepare_tokenizer(tok, template, key)
     if tok.pad_token is None:
         # Padding never reaches the loss (labels are -100 there); eos is the conventional stand-in.
         tok.pad_token = tok.eos_token
-    if template is not None:
-        apply_chat_template_setting(tok, template, key)
     return tok
 
 
 def check_tokenizer_fits(tokenizer, model_cfg: dict, model_dir):
+    """The tokenizer as the model ships it must fit its embeddings (tokens a chat template adds are
+    given rows by fit_embeddings)."""
     vocab = model_cfg.get("vocab_size") or (model_cfg.get("text_config") or {}).get("vocab_size")
-    if vocab is not None and len(tokenizer) > vocab:
-        raise ModelError(f"the tokenizer of {model_dir} has {len(tokenizer)} tokens but the model's embeddings hold "
+    own = len(tokenizer) - getattr(tokenizer, "tuneflow_added_tokens", 0)
+    if vocab is not None and own > vocab:
+        raise ModelError(f"the tokenizer of {model_dir} has {own} tokens but the model's embeddings hold "
                          f"only {vocab} (config.json vocab_size); token ids past {vocab - 1} would index out of range")
+
+
+# New embedding rows are drawn from this fixed seed, so that training, merging and evaluating
+# build the very same rows (an adapter that does not train the embeddings does not carry them).
+EMBEDDING_INIT_SEED = 0
+
+
+def embedding_rows(model) -> int:
+    """Rows of the input embeddings (under DeepSpeed ZeRO-3 a rank holds a partition: its full
+    shape is ds_shape)."""
+    weight = model.get_input_embeddings().weight
+    return getattr(weight, "ds_shape", weight.shape)[0]
+
+
+def resize_embeddings(model, rows: int):
+    """Resize the input (and output) embeddings to `rows`; new rows ~ N(0, initializer_range) from
+    EMBEDDING_INIT_SEED (what transformers' resize did when the seed recipes were written, but
+    reproducible). Under DeepSpeed ZeRO-3 the partitioned weights are gathered to do it."""
+    import torch
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    old = embedding_rows(model)
+    if rows <= old:
+        return
+    model.resize_token_embeddings(rows, mean_resizing=False)
+    std = getattr(model.config.get_text_config(), "initializer_range", 0.02)
+    weights = [model.get_input_embeddings().weight]
+    out = model.get_output_embeddings()
+    if out is not None and out.weight is not weights[0]:
+        weights.append(out.weight)
+    for w in weights:
+        def fill(w=w):
+            g = torch.Generator().manual_seed(EMBEDDING_INIT_SEED)
+            new = torch.normal(0.0, std, (rows - old, w.shape[1]), generator=g)
+            with torch.no_grad():
+                w[old:rows] = new.to(w.dtype).to(w.device)
+
+        if is_deepspeed_zero3_enabled():
+            import deepspeed
+
+            with deepspeed.zero.GatheredParameters([w], modifier_rank=0):
+                fill()
+        else:
+            fill()
+
+
+def fit_embeddings(model, tokenizer, template: str | None):
+    """Give the tokens a chat template added to the tokenizer their embedding rows (a no-op when
+    the model already has them, e.g. a merged model of an earlier stage)."""
+    if template is None:
+        return
+    from tuneflow.templates import embedding_rows as needed_rows
+
+    resize_embeddings(model, needed_rows(tokenizer, template, embedding_rows(model)))
 
 
 def max_positions(model_cfg: dict) -> int | None:

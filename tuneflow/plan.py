@@ -86,6 +86,7 @@ class Plan:
             "data": v["data"],
             "seed": v["seed"],
             "chat_template": v["chat_template"] if STAGES[stage].uses_chat_template else None,
+            "template": v["template"] if STAGES[stage].uses_chat_template else None,
             "upstream": self.lineage(variant, prev) if prev else {"base_model": self.model_spec(variant),
                                                                   "tiny_model": self._tiny_if_used(variant)},
         }
@@ -151,21 +152,25 @@ class Plan:
             "validation_fraction": ds["validation_fraction"] if ds["validation_fraction"] is not None else data["validation_fraction"],
             "split_seed": data["split_seed"] if data["split_seed"] is not None else cfg["seed"],
             "on_bad_record": data["on_bad_record"], "duplicate_ids": ds["duplicate_ids"], "max_records": ds["max_records"] or data["max_records"],
-            "max_record_bytes": data["max_record_bytes"],
+            "max_record_bytes": data["max_record_bytes"], "held_out": ds["held_out"], "keep_linebreaks": ds["keep_linebreaks"],
         }
 
     def tokenize_settings(self, variant, stage) -> dict:
         """Exactly what the token ids depend on (so a RoPE or learning-rate change re-tokenizes
-        nothing): the kind of rows, the tokenizer, max length, template and masking."""
+        nothing): the kind of rows, the tokenizer, max length, template and its settings, masking,
+        truncation, PT's document boundaries, and what to do about cut records."""
         v = self.vcfg(variant)
         st = v["stages"][stage]
         spec = self.model_spec(variant)
         s = {"kind": STAGES[stage].tokenized, "model": {k: spec[k] for k in ("path", "revision", "trust_remote_code")},
-             "max_length": st["training"]["max_length"]}
+             "max_length": st["training"]["max_length"],
+             "on_truncation": v["data"]["on_truncation"], "truncation_warn_fraction": v["data"]["truncation_warn_fraction"]}
         if STAGES[stage].uses_chat_template:
             s["chat_template"] = v["chat_template"]
-        if "mask_prompt" in STAGES[stage].settings_keys:
-            s["mask_prompt"] = st["mask_prompt"]
+            s["template"] = v["template"]
+        for key in ("mask_prompt", "truncation", "bos_per_document", "eos_per_document"):
+            if key in STAGES[stage].settings_keys:
+                s[key] = st[key]
         return s
 
     def tokenize_key(self, variant, stage) -> str:
@@ -217,7 +222,7 @@ class Plan:
         e = v["evaluation"]
         datasets = {d: v["datasets"][d]["format"] for d in self.eval_datasets(variant)}
         s = {"model": self.model_dir_spec(variant, model), "datasets": datasets, "chat_template": v["chat_template"],
-             "max_samples": e["max_samples"], "batch_size": e["batch_size"], "seed": v["seed"]}
+             "template": v["template"], "max_samples": e["max_samples"], "batch_size": e["batch_size"], "seed": v["seed"]}
         if any(f in ("alpaca", "sharegpt", "promptcblue") for f in datasets.values()):
             s.update({k: e[k] for k in ("max_new_tokens", "do_sample", "temperature")})
         reference = self.eval_reference_spec(variant, model)
@@ -259,6 +264,18 @@ class Plan:
     def eval_dirs(self):
         return sorted({self.eval_dir(v, m) for v in self.variants if self.vcfg(v)["evaluation"]["enabled"]
                        for m in self.eval_models(v)})
+
+    def tokenized_data(self):
+        """(stage label, dataset, tokenized dir) of the data every trained stage read, for the
+        report's table of kept / truncated / dropped records."""
+        seen, out = set(), []
+        for variant, stage, _ in self.trained_stages():
+            label = STAGES[stage].label if variant == DEFAULT_VARIANT else f"{variant}/{STAGES[stage].label}"
+            for dataset, path in zip(stage_datasets(self.vcfg(variant), stage), self.tokenized_dirs(variant, stage)):
+                if (stage, path) not in seen:
+                    seen.add((stage, path))
+                    out.append((label, dataset, path))
+        return out
 
     def trained_stages(self):
         """(variant, stage, adapter_dir) of every stage trained, for the report's loss curves; a

@@ -60,9 +60,27 @@ def merge_per_stage(recorded) -> dict:
     return merged
 
 
-def build_bundle(summary_path, eval_jobs, trained, configs, repo_dir, title="tuneflow report") -> dict:
+def tokenization_rows(tokenized) -> list[dict]:
+    """What tokenizing kept, cut and dropped: one row per (stage, dataset, split) from the
+    tokenized directories' meta.json. tokenized: (stage label, dataset, tokenized dir)."""
+    rows = []
+    for label, dataset, path in tokenized:
+        meta = read_json(Path(path) / "meta.json")
+        warnings = " ".join(_list(meta.get("warnings")))
+        for split, stats in _dict(meta.get("splits")).items():
+            if not stats.get("records"):
+                continue
+            rows.append({"stage": label, "dataset": dataset, "split": split, "kind": meta.get("kind"),
+                         **{k: stats.get(k) for k in ("records", "kept", "truncated", "dropped", "blocks",
+                                                      "tokens_dropped_at_end")},
+                         "examples": [*stats.get("truncated_examples", []), *stats.get("dropped_examples", [])][:5],
+                         "warning": f"{dataset} {split}" in warnings})
+    return rows
+
+
+def build_bundle(summary_path, eval_jobs, trained, configs, repo_dir, title="tuneflow report", tokenized=()) -> dict:
     """Everything the page shows, as one JSON document. trained: (variant, stage, adapter_dir);
-    configs: variant -> effective config."""
+    configs: variant -> effective config; tokenized: (stage label, dataset, tokenized dir)."""
     from tuneflow.provenance import git_state, versions
 
     training, wall = [], []
@@ -95,6 +113,7 @@ def build_bundle(summary_path, eval_jobs, trained, configs, repo_dir, title="tun
         "summary": read_summary(summary_path),
         "metric_direction": LOWER_IS_BETTER,
         "training": training,
+        "tokenization": tokenization_rows(tokenized),
         "promptcblue": promptcblue,
         "configs": configs,
         "provenance": {**git_state(repo_dir),
@@ -646,6 +665,28 @@ def _training_section(bundle, colors) -> str:
     return _section("training", "Training curves", "".join(body))
 
 
+def _tokenization_section(bundle) -> str:
+    entries = [e for e in _list(bundle.get("tokenization")) if isinstance(e, dict)]
+    if not entries:
+        return _section("data", "Data kept, truncated, dropped", _none("none (nothing was tokenized for training)"))
+    rows, classes = [], []
+    for e in entries:
+        pt = e.get("kind") == "pt"
+        rows.append([_td(e.get("dataset"), "mono"), _td(e.get("stage")), _td(e.get("split")),
+                     _num_td(e.get("records")), _num_td(e.get("kept")),
+                     _num_td(e.get("truncated"), "num bad" if e.get("warning") else "num"),
+                     _num_td(e.get("dropped"), "num bad" if e.get("warning") else "num"),
+                     _td(f"{e.get('blocks')} blocks, {e.get('tokens_dropped_at_end')} tokens left over" if pt
+                         else ", ".join(map(str, _list(e.get("examples")))) or "—", "mono")])
+        classes.append("warn" if e.get("warning") else "")
+    body = ('<p class="hint">Records of each dataset a stage trained on: kept, cut to max_length (stages.&lt;stage&gt;'
+            '.truncation) and dropped with nothing trainable left; red: more than data.truncation_warn_fraction of '
+            'the split, a warning in the tokenize log. PT rows are blocks of whole documents.</p>'
+            + _table(["dataset", "stage", "split", "records", "kept", "truncated", "dropped", "examples / blocks"],
+                     rows, cls="tokenization", tid="tokenization-table", numeric={3, 4, 5, 6}, row_classes=classes))
+    return _section("data", "Data kept, truncated, dropped", body)
+
+
 def _promptcblue_section(bundle) -> str:
     entries = [e for e in _list(bundle.get("promptcblue")) if isinstance(e, dict)]
     if not entries:
@@ -866,7 +907,7 @@ def _header(bundle, colors) -> str:
             '<div class="cards">' + "".join(
                 f'<div class="card"><div class="k">{esc(k)}</div><div class="v">{esc(v)}</div></div>'
                 for k, v in cards) + "</div>"
-            '<nav><a href="#summary">Summary</a><a href="#training">Training curves</a>'
+            '<nav><a href="#summary">Summary</a><a href="#training">Training curves</a><a href="#data">Data</a>'
             '<a href="#promptcblue">PromptCBLUE</a><a href="#configs">Config diff</a>'
             '<a href="#provenance">Provenance</a></nav></header>')
 
@@ -887,6 +928,7 @@ def render_html(bundle: dict) -> str:
         _header(bundle, colors),
         _summary_section(bundle, directions),
         _training_section(bundle, colors),
+        _tokenization_section(bundle),
         _promptcblue_section(bundle),
         _config_section(bundle),
         _provenance_section(bundle),

@@ -36,11 +36,11 @@ COMMON_KEYS = ("finetuning", "lora", "quantization", "deepspeed", "training")
 
 STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("pt", "PT", frozenset({"text"}), tokenized="pt", starts_from=(),
-          settings_keys=COMMON_KEYS, recipe="tuneflow.train.pt"),
+          settings_keys=(*COMMON_KEYS, "bos_per_document", "eos_per_document"), recipe="tuneflow.train.pt"),
     Stage("sft", "SFT", frozenset({"alpaca", "promptcblue", "sharegpt"}), tokenized="sft", starts_from=("pt",),
-          settings_keys=(*COMMON_KEYS, "mask_prompt"), recipe="tuneflow.train.sft"),
+          settings_keys=(*COMMON_KEYS, "mask_prompt", "truncation"), recipe="tuneflow.train.sft"),
     Stage("dpo", "DPO", frozenset({"preference"}), tokenized="dpo", starts_from=("sft", "pt"),
-          settings_keys=(*COMMON_KEYS, "beta", "loss_type", "label_smoothing"), recipe="tuneflow.train.dpo",
+          settings_keys=(*COMMON_KEYS, "beta", "loss_type", "label_smoothing", "truncation"), recipe="tuneflow.train.dpo",
           compared_with="sft", scored_against_reference=True),
 )}
 STAGE_NAMES: tuple[str, ...] = tuple(STAGES)

@@ -1,80 +1,169 @@
-"""Chat templates: the tokenizer's own (`chat_template: tokenizer`) or a named built-in one.
+"""Prompt formats as data, and the one engine that turns conversations into token ids.
 
-Built-ins are Jinja templates in the format transformers' `apply_chat_template` renders, so one
-code path tokenizes, trains and generates with all of them. Each ends the assistant turn with a
-marker that is part of the trained span, so the model learns to stop.
+Tokenizing (SFT, DPO), the evaluation's teacher-forced loss and its generation prompt all go through
+`encode` here, so what is trained and what is asked at evaluation cannot drift apart: the
+generation prompt is, token for token, the trained row up to the answer (`prompt_ids`).
+
+A built-in `Template` is a list of pieces per place in the conversation. A piece is a string with
+placeholders, or the marker BOS:
+
+  {content}   the message's text (system, user or assistant)
+  {system}    the template's system block (with the system text in it), or nothing
+  {bos} {eos} the tokenizer's BOS / EOS token text (parsed back into the one token id)
+  BOS         the tokenizer's BOS id where the tokenizer itself adds one at the start of a text
+              (`template.bos` overrides: always / never)
+
+The seeds differ in *where one tokenizer call ends and the next begins*, and with SentencePiece
+tokenizers that changes the ids (each call starts a new word: "\n" alone is ["▁", "\n"]). So a
+template says how its pieces are encoded:
+  joined=False  every piece is its own tokenizer call, as Chinese-LLaMA-Alpaca-2, LLaMA-Factory,
+                MedicalGPT and LLMs_train do (source and target tokenized separately);
+  joined=True   the pieces of the whole conversation are one text and one tokenizer call, as
+                transformers' apply_chat_template and TRL do; labels come from character offsets.
+`chat_template: tokenizer` (the tokenizer's own Jinja template) is always joined.
+
+Special-token strings inside dataset text (a user typing "</s>" or "<|im_end|>") are tokenized as
+plain text for the roles in `template.escape_special_tokens` (default: system and user): only the
+template's own text produces control tokens.
 """
 
 from __future__ import annotations
 
+import functools
+from dataclasses import dataclass, field
+
 from tuneflow.errors import ModelError
 
-CHATML = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
+IGNORE = -100
 
-LLAMA2 = (
-    "{% set bos = bos_token if bos_token is defined and bos_token else '' %}"
-    "{% set eos = eos_token if eos_token is defined and eos_token else '' %}"
-    "{% if messages[0]['role'] == 'system' %}{% set system = messages[0]['content'] %}{% set loop_messages = messages[1:] %}"
-    "{% else %}{% set system = '' %}{% set loop_messages = messages %}{% endif %}"
-    "{% for message in loop_messages %}"
-    "{% if message['role'] == 'user' %}"
-    "{% if loop.index0 == 0 and system %}{{ bos + '[INST] <<SYS>>\n' + system + '\n<</SYS>>\n\n' + message['content'] + ' [/INST]' }}"
-    "{% else %}{{ bos + '[INST] ' + message['content'] + ' [/INST]' }}{% endif %}"
-    "{% else %}{{ ' ' + message['content'] + ' ' + eos }}{% endif %}"
-    "{% endfor %}"
-)
 
-LLAMA3 = (
-    "{% set bos = bos_token if bos_token is defined and bos_token else '' %}"
-    "{% set eos = eos_token if eos_token is defined and eos_token else '' %}"
-    "{{ bos }}"
-    "{% for message in messages %}"
-    "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + message['content'] + '<|eot_id|>' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
-)
+class _Bos:
+    def __repr__(self):
+        return "BOS"
 
-# Stanford Alpaca / Chinese-LLaMA-Alpaca prompt format.
-ALPACA = (
-    "{% set bos = bos_token if bos_token is defined and bos_token else '' %}"
-    "{% set eos = eos_token if eos_token is defined and eos_token else '' %}"
-    "{% if messages[0]['role'] == 'system' %}{{ messages[0]['content'] + '\n\n' }}{% set loop_messages = messages[1:] %}"
-    "{% else %}{{ 'Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n' }}"
-    "{% set loop_messages = messages %}{% endif %}"
-    "{% for message in loop_messages %}"
-    "{% if message['role'] == 'user' %}{{ '### Instruction:\n' + message['content'] + '\n\n### Response:\n' }}"
-    "{% else %}{{ message['content'] + eos + '\n\n' }}{% endif %}"
-    "{% endfor %}"
-)
 
-ZEPHYR = (
-    "{% set bos = bos_token if bos_token is defined and bos_token else '' %}"
-    "{% set eos = eos_token if eos_token is defined and eos_token else '' %}"
-    "{% for message in messages %}"
-    "{{ '<|' + message['role'] + '|>\n' + message['content'] + eos + '\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
-)
+BOS = _Bos()
 
-BUILTIN = {"chatml": CHATML, "llama2": LLAMA2, "llama3": LLAMA3, "alpaca": ALPACA, "zephyr": ZEPHYR}
+
+@dataclass(frozen=True)
+class Template:
+    name: str
+    origin: str                          # whose format this is (docs, README)
+    first_prompt: tuple                  # pieces of the first user turn (with {system})
+    prompt: tuple                        # pieces of every later user turn
+    response: tuple                      # pieces of an assistant turn: what is trained
+    system: tuple | None = None          # the system block; None: the format has no system prompt
+    default_system: str | None = None    # used when a conversation has no system message
+    joined: bool = False
+    # Tokens the format needs as single special tokens, as transformers' add_special_tokens takes
+    # them (eos_token / pad_token / additional_special_tokens); the model's embeddings are resized
+    # to len(tokenizer) rounded up to `resize_multiple`.
+    special_tokens: dict = field(default_factory=dict)
+    resize_multiple: int = 8
+
+
+def _t(name, origin, first_prompt, prompt, response, **kw) -> Template:
+    return Template(name, origin, tuple(first_prompt), tuple(prompt), tuple(response), **kw)
+
+
+LLAMA2_ZH_SYSTEM = "You are a helpful assistant. 你是一个乐于助人的助手。"
+VICUNA_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. "
+                 "The assistant gives helpful, detailed, and polite answers to the user's questions.")
+ALPACA_SYSTEM = ("Below is an instruction that describes a task. "
+                 "Write a response that appropriately completes the request.")
+CHATML_TURN = "<|im_start|>user\n{content}<|im_end|>\n<|im_start|>assistant\n"
+
+BUILTIN: dict[str, Template] = {t.name: t for t in (
+    _t("chatml", "ChatML (OpenAI / Qwen): <|im_start|> and <|im_end|> are added as special tokens when the "
+                 "tokenizer lacks them, <|im_end|> becomes EOS; one text, as apply_chat_template renders it",
+       ["{system}" + CHATML_TURN], [CHATML_TURN], ["{content}<|im_end|>\n"],
+       system=("<|im_start|>system\n{content}<|im_end|>\n",), joined=True,
+       special_tokens={"eos_token": "<|im_end|>", "additional_special_tokens": ["<|im_start|>", "<|im_end|>"]}),
+    _t("chatml_peft", "huggingface/peft examples/sft (utils.py, --chat_template_format chatml): the same text as "
+                      "chatml, but '<|im_start|>user', '<|im_start|>assistant', '<|im_start|>system' are whole "
+                      "special tokens, <|im_end|> is EOS and <pad> the pad token",
+       ["{system}" + CHATML_TURN], [CHATML_TURN], ["{content}<|im_end|>\n"],
+       system=("<|im_start|>system\n{content}<|im_end|>\n",), joined=True,
+       special_tokens={"bos_token": "<s>", "eos_token": "<|im_end|>", "pad_token": "<pad>",
+                       "additional_special_tokens": ["<|im_start|>user", "<|im_start|>assistant",
+                                                     "<|im_start|>system", "<|im_end|>", "<s>", "<pad>"]}),
+    _t("llama2", "Meta Llama-2 chat (transformers' Llama-2 chat template): ' answer ' then EOS",
+       [BOS, "[INST] {system}{content} [/INST]"], [BOS, "[INST] {content} [/INST]"], [" {content} {eos}"],
+       system=("<<SYS>>\n{content}\n<</SYS>>\n\n",), joined=True),
+    _t("llama2_zh", "ymcui/Chinese-LLaMA-Alpaca-2 scripts/training/build_dataset.py (LLaMA-Factory 'llama2_zh'): "
+                    "its system prompt always, source and target tokenized separately, target = answer + EOS",
+       [BOS, "[INST] {system}{content} [/INST]"], [BOS, "[INST] {content} [/INST]"], ["{content}{eos}"],
+       system=("<<SYS>>\n{content}\n<</SYS>>\n\n",), default_system=LLAMA2_ZH_SYSTEM),
+    _t("llama3", "Meta Llama-3 instruct; one text, as apply_chat_template renders it",
+       [BOS, "{system}<|start_header_id|>user<|end_header_id|>\n\n{content}<|eot_id|>"
+             "<|start_header_id|>assistant<|end_header_id|>\n\n"],
+       ["<|start_header_id|>user<|end_header_id|>\n\n{content}<|eot_id|>"
+        "<|start_header_id|>assistant<|end_header_id|>\n\n"], ["{content}<|eot_id|>"],
+       system=("<|start_header_id|>system<|end_header_id|>\n\n{content}<|eot_id|>",), joined=True),
+    _t("alpaca", "hiyouga/LLaMA-Factory 2023 (src/llmtuner/extras/template.py 'alpaca'): BOS, system, '\\n\\n', "
+                 "prompt, each its own tokenizer call; later turns start with '\\n\\n' + BOS",
+       [BOS, "{system}", "### Instruction:\n{content}\n\n### Response:\n"],
+       ["\n\n", BOS, "### Instruction:\n{content}\n\n### Response:\n"], ["{content}", "{eos}"],
+       system=("{content}", "\n\n"), default_system=ALPACA_SYSTEM),
+    _t("default", "hiyouga/LLaMA-Factory 2023 (src/llmtuner/extras/template.py 'default'): BOS, system, '\\n', "
+                  "'Human: ...\\nAssistant: ', each its own tokenizer call",
+       [BOS, "{system}", "Human: {content}\nAssistant: "], ["\n", BOS, "Human: {content}\nAssistant: "],
+       ["{content}", "{eos}"], system=("{content}", "\n"), default_system=VICUNA_SYSTEM),
+    _t("vicuna", "shibing624/MedicalGPT template.py 'vicuna' (its default): system + '</s>', 'USER: ... ASSISTANT:', "
+                 "answer + EOS after every turn",
+       [BOS, "{system}USER: {content} ASSISTANT:"], ["USER: {content} ASSISTANT:"], ["{content}", "{eos}"],
+       system=("{content}</s>",), default_system=VICUNA_SYSTEM),
+    _t("qwen", "shibing624/MedicalGPT template.py 'qwen': its system prompt always, answer + EOS after every "
+               "turn, a blank line after the system block",
+       [BOS, "{system}" + CHATML_TURN], ["\n" + CHATML_TURN], ["{content}", "{eos}"],
+       system=("<|im_start|>system\n{content}<|im_end|>\n\n",), default_system="You are a helpful assistant."),
+    _t("llms_train", "5663015/LLMs_train data_generate.py (chatglm_tokenize): no template; the input, EOS, then "
+                     "BOS + target + EOS (BOS included in the trained part)",
+       ["{content}{eos}"], ["{content}{eos}"], ["{bos}{content}{eos}"]),
+    _t("zephyr", "HuggingFaceH4 zephyr; one text, as apply_chat_template renders it",
+       ["{system}<|user|>\n{content}{eos}\n<|assistant|>\n"], ["<|user|>\n{content}{eos}\n<|assistant|>\n"],
+       ["{content}{eos}\n"], system=("<|system|>\n{content}{eos}\n",), joined=True),
+)}
+NAMES = ("tokenizer", *BUILTIN)
 # Tokens that end an assistant turn, used as extra stop tokens when generating.
 END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end|>", "</s>", "<|endoftext|>")
 
 
-def apply_chat_template_setting(tokenizer, name: str, where: str = "chat_template"):
-    """Install the configured template on `tokenizer` (in place) and return it."""
+@dataclass(frozen=True)
+class Settings:
+    """The `template` block of the config (what the engine needs of it)."""
+    name: str = "tokenizer"
+    system: str | None = None                 # None: the template's own default; "": none
+    bos: str = "auto"                         # auto | always | never
+    escape: frozenset = frozenset({"system", "user"})
+
+    @classmethod
+    def from_config(cls, name: str, block: dict | None) -> "Settings":
+        block = block or {}
+        return cls(name=name, system=block.get("system"), bos=block.get("bos", "auto"),
+                   escape=frozenset(block.get("escape_special_tokens", ("system", "user"))))
+
+
+# -- the tokenizer ----------------------------------------------------------------------------------
+
+def prepare_tokenizer(tokenizer, name: str, where: str = "chat_template"):
+    """Make `tokenizer` ready for template `name` (in place) and return it: the tokenizer's own
+    Jinja template must exist; a built-in's special tokens are added (EOS / pad as it says).
+    `tokenizer.tuneflow_added_tokens` counts the tokens added (their embeddings are resized)."""
+    before = len(tokenizer)
     if name == "tokenizer":
         if not getattr(tokenizer, "chat_template", None):
             raise ModelError(
                 f"the tokenizer at {getattr(tokenizer, 'name_or_path', '?')} has no chat template, but config key "
                 f"'{where}' is 'tokenizer'; set it to one of the built-in templates ({', '.join(BUILTIN)})")
-        return tokenizer
-    tokenizer.chat_template = BUILTIN[name]
+    elif BUILTIN[name].special_tokens:
+        wanted = dict(BUILTIN[name].special_tokens)
+        # transformers 5 calls additional_special_tokens extra_special_tokens
+        wanted["extra_special_tokens"] = wanted.pop("additional_special_tokens", [])
+        tokenizer.add_special_tokens(wanted, replace_extra_special_tokens=False)
+    tokenizer.tuneflow_added_tokens = getattr(tokenizer, "tuneflow_added_tokens", 0) + len(tokenizer) - before
+    _special_strings.cache_clear()
+    _adds_bos.cache_clear()
     return tokenizer
 
 
@@ -90,24 +179,12 @@ def render(tokenizer, messages, add_generation_prompt=False) -> str:
                          f"'chat_template' to a built-in template ({', '.join(BUILTIN)})") from None
 
 
-def assistant_spans(tokenizer, messages) -> tuple[str, list[tuple[int, int]]]:
-    """Render `messages`; return the text and the character spans of every assistant turn.
-
-    A span runs from the end of the generation prompt before the turn to the end of the turn as
-    rendered (end-of-turn marker included).
-    """
-    text = render(tokenizer, messages)
-    spans = []
-    for i, m in enumerate(messages):
-        if m["role"] != "assistant":
-            continue
-        prefix = render(tokenizer, messages[:i], add_generation_prompt=True)
-        upto = render(tokenizer, messages[: i + 1])
-        if not text.startswith(prefix) or not text.startswith(upto):
-            raise ModelError("the chat template renders a conversation differently when more turns follow, so the "
-                             "prompt tokens cannot be masked; use a built-in chat_template or set mask_prompt: false")
-        spans.append((len(prefix), len(upto)))
-    return text, spans
+def embedding_rows(tokenizer, name: str, vocab_size: int) -> int:
+    """How many embedding rows the model needs for this tokenizer and template (>= vocab_size)."""
+    if len(tokenizer) <= vocab_size:
+        return vocab_size
+    multiple = BUILTIN[name].resize_multiple if name in BUILTIN else 8
+    return -(-len(tokenizer) // multiple) * multiple
 
 
 def stop_token_ids(tokenizer) -> list[int]:
@@ -119,3 +196,277 @@ def stop_token_ids(tokenizer) -> list[int]:
         if tok in vocab:
             ids.add(vocab[tok])
     return sorted(ids)
+
+
+@functools.lru_cache(maxsize=16)
+def _special_strings(tokenizer) -> tuple[str, ...]:
+    """The tokenizer's special-token strings, longest first (what may turn text into control tokens)."""
+    found = {t.content for t in tokenizer.added_tokens_decoder.values() if t.special}
+    found |= {t for t in tokenizer.all_special_tokens if t}
+    return tuple(sorted(found, key=len, reverse=True))
+
+
+@functools.lru_cache(maxsize=16)
+def _adds_bos(tokenizer) -> bool:
+    """Does the tokenizer put its BOS at the start of a text by itself (Llama: yes; Qwen: no)?"""
+    bos = tokenizer.bos_token_id
+    return bos is not None and tokenizer("a", add_special_tokens=True)["input_ids"][:1] == [bos]
+
+
+def _bos_ids(tokenizer, settings: Settings) -> list[int]:
+    if settings.bos == "never":
+        return []
+    if settings.bos == "always":
+        if tokenizer.bos_token_id is None:
+            raise ModelError(f"config key 'template.bos' is 'always' but the tokenizer at "
+                             f"{getattr(tokenizer, 'name_or_path', '?')} has no BOS token")
+        return [tokenizer.bos_token_id]
+    return [tokenizer.bos_token_id] if _adds_bos(tokenizer) else []
+
+
+# -- from a conversation to parts -------------------------------------------------------------------
+
+@dataclass
+class Part:
+    """Text of one tokenizer call (pieces mode) or a stretch of the one text (joined mode)."""
+    text: str = ""
+    role: str | None = None    # whose content this is; None: the template's own text
+    ids: list | None = None    # a BOS marker: ids given directly
+
+
+def _expand(piece, content: str, role: str, system_parts: list[list[Part]], tokenizer, bos_ids) -> list[list[Part]]:
+    """One piece -> the tokenizer calls it makes (a list of calls, each a list of parts)."""
+    if piece is BOS:
+        return [[Part(ids=list(bos_ids))]] if bos_ids else []
+    if piece == "{system}":  # the system block as its own tokenizer calls
+        return [list(call) for call in system_parts]
+    parts: list[Part] = []
+    rest = piece
+    while rest:
+        cut = min(((rest.find(ph), ph) for ph in ("{content}", "{system}", "{bos}", "{eos}") if ph in rest),
+                  default=(len(rest), None))
+        if cut[0]:
+            parts.append(Part(rest[:cut[0]]))
+        if cut[1] is None:
+            break
+        if cut[1] == "{content}":
+            parts.append(Part(content, role))
+        elif cut[1] == "{system}":
+            for call in system_parts:
+                parts.extend(call)
+        else:
+            token = tokenizer.bos_token if cut[1] == "{bos}" else tokenizer.eos_token
+            parts.append(Part(token or ""))
+        rest = rest[cut[0] + len(cut[1]):]
+    return [parts] if parts else []
+
+
+@dataclass
+class Turn:
+    source: list   # tokenizer calls (lists of parts) before the answer: system, user turn, template text
+    target: list   # tokenizer calls of the answer (trained); empty for a generation prompt
+
+
+def conversation_turns(tokenizer, messages, settings: Settings, *, open_end: bool = False) -> list[Turn]:
+    """Split a conversation (system?, user, assistant, user, assistant, ...) into turns of
+    tokenizer calls, as the template says. open_end: the conversation ends with a user turn to
+    answer (generation / DPO prompt)."""
+    template = BUILTIN[settings.name]
+    bos_ids = _bos_ids(tokenizer, settings)
+    messages = list(messages)
+    system = settings.system if settings.system is not None else template.default_system
+    if messages and messages[0]["role"] == "system":
+        system = messages.pop(0)["content"]
+    system_parts: list[list[Part]] = []
+    if system:
+        if template.system is None:
+            raise ModelError(f"chat template '{template.name}' has no place for a system prompt, but a conversation "
+                             "has one (a system turn, datasets.<name>.system or template.system); remove it or pick "
+                             "a template with a system block")
+        for piece in template.system:
+            system_parts += _expand(piece, system, "system", [], tokenizer, bos_ids)
+    turns = []
+    for i in range(0, len(messages), 2):
+        user = messages[i]
+        if user["role"] != "user":
+            raise ModelError(f"a conversation must alternate user and assistant turns (turn {i} is {user['role']})")
+        pieces = template.first_prompt if i == 0 else template.prompt
+        source = [call for p in pieces for call in _expand(p, user["content"], "user", system_parts, tokenizer, bos_ids)]
+        target = []
+        if i + 1 < len(messages):
+            answer = messages[i + 1]
+            target = [call for p in template.response
+                      for call in _expand(p, answer["content"], "assistant", [], tokenizer, bos_ids)]
+        turns.append(Turn(source, target))
+    if not open_end and (not turns or not turns[-1].target):
+        raise ModelError("a training conversation must end with an assistant turn")
+    return turns
+
+
+# -- from parts to ids ------------------------------------------------------------------------------
+
+def _split_template_specials(tokenizer, parts: list[Part]):
+    """Chunks of (text, offset, special_id|None): the text cut where the *template's* own text
+    holds a special token; content is never cut (it is tokenized with special tokens as text)."""
+    specials = _special_strings(tokenizer)
+    chunks, buf, buf_start, pos = [], "", 0, 0
+    for part in parts:
+        if part.role is not None:
+            buf += part.text
+            pos += len(part.text)
+            continue
+        text, i = part.text, 0
+        while i < len(text):
+            hit = next((s for s in specials if text.startswith(s, i)), None)
+            if hit is None:
+                buf += text[i]
+                i += 1
+                continue
+            if buf:
+                chunks.append((buf, buf_start, None))
+            chunks.append((hit, pos + i, tokenizer.convert_tokens_to_ids(hit)))
+            i += len(hit)
+            buf, buf_start = "", pos + i
+        pos += len(text)
+    if buf:
+        chunks.append((buf, buf_start, None))
+    return chunks
+
+
+def encode_parts(tokenizer, parts: list[Part], escape: frozenset, offsets: bool = False):
+    """Token ids (and character offsets into the parts' concatenated text) of one tokenizer call."""
+    if any(p.ids is not None for p in parts):
+        assert len(parts) == 1, "a BOS marker is its own tokenizer call"
+        return (list(parts[0].ids), [(0, 0)] * len(parts[0].ids)) if offsets else list(parts[0].ids)
+    text = "".join(p.text for p in parts)
+    needs_escape = any(p.role in escape and any(s in p.text for s in _special_strings(tokenizer)) for p in parts)
+    if not needs_escape:
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=offsets)
+        return (enc["input_ids"], [tuple(o) for o in enc["offset_mapping"]]) if offsets else enc["input_ids"]
+    ids, offs = [], []
+    for chunk, start, special in _split_template_specials(tokenizer, parts):
+        if special is not None:
+            ids.append(special)
+            offs.append((start, start + len(chunk)))
+            continue
+        enc = tokenizer(chunk, add_special_tokens=False, split_special_tokens=True, return_offsets_mapping=offsets)
+        ids += enc["input_ids"]
+        if offsets:
+            offs += [(start + a, start + b) for a, b in enc["offset_mapping"]]
+    return (ids, offs) if offsets else ids
+
+
+@dataclass
+class Encoded:
+    """A tokenized conversation: per turn the ids of its source (prompt) and target (answer)."""
+    turns: list[tuple[list[int], list[int]]]
+
+    @property
+    def input_ids(self) -> list[int]:
+        return [t for s, g in self.turns for t in s + g]
+
+
+def _jinja_turns(tokenizer, messages, open_end: bool) -> list[Turn]:
+    """The tokenizer's own Jinja template as turns of one joined text: each assistant turn runs
+    from the end of the generation prompt before it to the end of the turn as rendered."""
+    text = render(tokenizer, messages, open_end)
+    cuts = []
+    for i, m in enumerate(messages):
+        if m["role"] != "assistant":
+            continue
+        prefix, upto = render(tokenizer, messages[:i], True), render(tokenizer, messages[: i + 1], False)
+        if not text.startswith(prefix) or not text.startswith(upto):
+            raise ModelError("the chat template renders a conversation differently when more turns follow, so the "
+                             "prompt tokens cannot be masked; use a built-in chat_template or set mask_prompt: false")
+        cuts.append((len(prefix), len(upto)))
+    roles = _content_roles(text, messages)
+    turns, pos = [], 0
+    for a, b in cuts:
+        turns.append(Turn([_role_parts(text, pos, a, roles)], [_role_parts(text, a, b, roles)]))
+        pos = b
+    if pos < len(text) or not turns:
+        tail = [_role_parts(text, pos, len(text), roles)] if pos < len(text) else []
+        if open_end or not turns:
+            turns.append(Turn(tail, []))
+        else:  # text after the last answer (e.g. a closing newline) belongs to it
+            turns[-1].target.extend(tail)
+    return turns
+
+
+def _content_roles(text: str, messages) -> list[tuple[int, int, str]]:
+    """Where each message's content sits in the rendered text (found in order; a template that
+    rewrites content leaves that message unmarked, so its special tokens are not escaped)."""
+    found, pos = [], 0
+    for m in messages:
+        at = text.find(m["content"], pos) if m["content"] else -1
+        if at >= 0:
+            found.append((at, at + len(m["content"]), m["role"]))
+            pos = at + len(m["content"])
+    return found
+
+
+def _role_parts(text, start, end, roles) -> list[Part]:
+    parts, pos = [], start
+    for a, b, role in roles:
+        a, b = max(a, start), min(b, end)
+        if a >= b:
+            continue
+        if a > pos:
+            parts.append(Part(text[pos:a]))
+        parts.append(Part(text[a:b], role))
+        pos = b
+    if pos < end:
+        parts.append(Part(text[pos:end]))
+    return parts
+
+
+def encode(tokenizer, messages, settings: Settings, *, open_end: bool = False) -> Encoded:
+    """Tokenize a conversation the way the template says (module docstring); nothing is cut here."""
+    if settings.name == "tokenizer":
+        turns, joined = _jinja_turns(tokenizer, messages, open_end), True
+    else:
+        turns, joined = conversation_turns(tokenizer, messages, settings, open_end=open_end), BUILTIN[settings.name].joined
+    if not joined:
+        out = [([t for call in turn.source for t in encode_parts(tokenizer, call, settings.escape)],
+                [t for call in turn.target for t in encode_parts(tokenizer, call, settings.escape)]) for turn in turns]
+        return Encoded(_no_double_bos(tokenizer, out))
+    # Joined: one text, one tokenizer call; a token belongs to the turn part its first character
+    # is in, and is trained only when it lies wholly inside the answer.
+    parts, bounds = [], []
+    for k, turn in enumerate(turns):
+        for side, calls in (("s", turn.source), ("t", turn.target)):
+            start = sum(len(p.text) if p.ids is None else 0 for p in parts)
+            for call in calls:
+                for p in call:
+                    parts.append(p if p.ids is None else Part(tokenizer.decode(p.ids)))
+            end = sum(len(p.text) for p in parts)
+            bounds.append((k, side, start, end))
+    ids, offs = encode_parts(tokenizer, parts, settings.escape, offsets=True)
+    out = [([], []) for _ in turns]
+    for tok, (a, b) in zip(ids, offs):
+        k, side, _, end = next((x for x in bounds if x[2] <= a < x[3]), bounds[-1])
+        if side == "t" and b <= end:
+            out[k][1].append(tok)
+        elif side == "t" and k + 1 < len(out):  # starts in the answer but runs past it: not trained
+            out[k + 1][0].append(tok)
+        else:
+            out[k][0 if side == "s" else 1].append(tok)
+    return Encoded(_no_double_bos(tokenizer, out))
+
+
+def _no_double_bos(tokenizer, turns):
+    """A template whose text starts with the BOS token plus the tokenizer's own BOS would begin
+    with two: keep one."""
+    bos = tokenizer.bos_token_id
+    if bos is not None and turns and turns[0][0][:2] == [bos, bos]:
+        turns[0] = (turns[0][0][1:], turns[0][1])
+    return turns
+
+
+def prompt_ids(tokenizer, messages, settings: Settings) -> list[int]:
+    """The generation prompt for the last assistant turn of `messages` (or for an open
+    conversation ending with a user turn): exactly the trained row up to that answer."""
+    if messages and messages[-1]["role"] == "assistant":
+        enc = encode(tokenizer, messages, settings)
+        return [t for s, g in enc.turns[:-1] for t in s + g] + enc.turns[-1][0]
+    return encode(tokenizer, messages, settings, open_end=True).input_ids

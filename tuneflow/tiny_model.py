@@ -11,8 +11,15 @@ from pathlib import Path
 
 from tuneflow.data.readers import LINE_SPLIT, read_text
 from tuneflow.io import atomic_dir
-from tuneflow.templates import CHATML
 
+# The tiny tokenizer's own chat template (chat_template: tokenizer): ChatML in Jinja, as
+# apply_chat_template renders it.
+CHATML_JINJA = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>"]
 # Leaf module names of LlamaForCausalLM (tests/test_tiny_model.py checks them against a built model):
 # the config is checked against them when Snakemake plans, before the model exists.
@@ -64,7 +71,7 @@ def build_tiny_model(settings: dict, corpus, out_dir, seed: int = 42) -> dict:
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|pad|>",
                                         additional_special_tokens=["<|endoftext|>", "<|im_start|>"],
                                         model_max_length=settings["max_position_embeddings"])
-    tokenizer.chat_template = CHATML
+    tokenizer.chat_template = CHATML_JINJA
 
     torch.manual_seed(seed)
     config = LlamaConfig(

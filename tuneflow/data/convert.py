@@ -9,6 +9,7 @@ the key is the record's sample_id or a hash of its content: adding records never
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections import Counter
@@ -43,10 +44,15 @@ def convert_dataset(settings: dict, out_dir) -> dict:
     plus the data settings); returns the manifest.
 
     keys: name, path, format, columns, system, validation_fraction, split_seed,
-    on_bad_record ("error" | "skip"), duplicate_ids ("error" | "rename"), max_records, max_record_bytes.
+    on_bad_record ("error" | "skip"), duplicate_ids ("error" | "rename"), max_records, max_record_bytes,
+    held_out (every record is validation data), keep_linebreaks (text files: lines kept as they are).
     """
     name, fmt = settings["name"], settings["format"]
     convert = CONVERTERS[fmt]
+    held_out = bool(settings.get("held_out"))
+    keep_linebreaks = bool(settings.get("keep_linebreaks"))
+    if keep_linebreaks:
+        convert = functools.partial(CONVERTERS[fmt], keep_linebreaks=True)
     columns = settings.get("columns") or {}
     skip_bad = settings.get("on_bad_record", "error") == "skip"
     rename_ids = settings.get("duplicate_ids", "error") == "rename"
@@ -74,7 +80,8 @@ def convert_dataset(settings: dict, out_dir) -> dict:
     for path in files:
         info = SourceInfo(str(path))
         read_here = 0
-        for raw in iter_records(path, info, plain_text=(fmt == "text"), max_record_bytes=settings.get("max_record_bytes")):
+        for raw in iter_records(path, info, plain_text=(fmt == "text"), max_record_bytes=settings.get("max_record_bytes"),
+                                keep_linebreaks=keep_linebreaks):
             read_here += 1
             counts["read"] += 1
             try:
@@ -109,7 +116,7 @@ def convert_dataset(settings: dict, out_dir) -> dict:
                 counts["over_max_records"] += 1
                 continue
             rec = {"id": sample_id if sample_id is not None else key[4:20], **rec}
-            (validation if is_validation(key, seed, fraction) else train).append(rec)
+            (validation if held_out or is_validation(key, seed, fraction) else train).append(rec)
             counts["kept"] += 1
         # sha256 and size of the bytes read (the file may have been replaced since)
         sources.append({"path": str(path), "sha256": info.sha256, "bytes": info.bytes,
@@ -119,7 +126,7 @@ def convert_dataset(settings: dict, out_dir) -> dict:
         detail = "; ".join(f"{n} x {r}" for r, n in reasons.most_common(3))
         raise DataError(settings["path"], f"no records left after conversion (read {counts['read']}"
                                       + (f", dropped: {detail}" if detail else "") + ")")
-    if not train:
+    if not train and not held_out:
         raise DataError(settings["path"], f"every one of the {counts['kept']} records fell into the validation split; "
                                       "lower validation_fraction")
 
@@ -133,8 +140,10 @@ def convert_dataset(settings: dict, out_dir) -> dict:
                    "over_max_records": counts["over_max_records"], "renamed_ids": counts["renamed_ids"], "train": len(train), "validation": len(validation)},
         "dropped_reasons": dict(reasons.most_common()),
         "drop_examples": drop_examples,
-        "split": {"seed": seed, "validation_fraction": fraction,
-                  "method": "validation if sha256('<seed>:<sample_id or content hash>') < fraction"},
+        "split": {"seed": seed, "validation_fraction": fraction, "held_out": held_out,
+                  "method": "every record is validation data (held_out)" if held_out else
+                            "validation if sha256('<seed>:<sample_id or content hash>') < fraction"},
+        "held_out": held_out, "keep_linebreaks": keep_linebreaks,
         "on_bad_record": "skip" if skip_bad else "error",
         "tuneflow_version": tuneflow.__version__,
     }

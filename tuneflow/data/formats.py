@@ -146,13 +146,14 @@ def convert_sharegpt(rec, columns, system=None):
     return {"messages": messages}
 
 
-def convert_text(rec, columns, system=None):
+def convert_text(rec, columns, system=None, keep_linebreaks=False):
+    """keep_linebreaks: a line of a text file is kept as it is, line break included (a blank line too)."""
     if isinstance(rec, str):
         text = rec
     else:
         _require_dict(rec)
         text = _field(rec, columns, "text")
-    if not text.strip():
+    if not text.strip() and not (keep_linebreaks and isinstance(rec, str) and text):
         raise RecordError("text is empty")
     return {"text": text}
 

@@ -184,8 +184,14 @@ def _looks_like_json_array(text: str) -> bool:
     return text.lstrip()[:1] == "["
 
 
-def iter_records(path: Path, source: SourceInfo, plain_text: bool = False, max_record_bytes: int | None = None):
-    """Yield RawRecord from one file: a JSON array, JSON lines, or (plain_text) one record per line."""
+LINE_WITH_END = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+$")
+
+
+def iter_records(path: Path, source: SourceInfo, plain_text: bool = False, max_record_bytes: int | None = None,
+                 keep_linebreaks: bool = False):
+    """Yield RawRecord from one file: a JSON array, JSON lines, or (plain_text) one record per line:
+    non-blank lines without their line break, or with keep_linebreaks every line as it is in the
+    file, line break included (blank lines too)."""
     text = read_text(path, source)
     if text.startswith(BOM):
         text = text[1:]
@@ -200,6 +206,13 @@ def iter_records(path: Path, source: SourceInfo, plain_text: bool = False, max_r
             raise DataError(path, f"record is {size / 1e6:.1f} MB, above the limit of "
                                   f"{max_record_bytes / 1e6:.1f} MB (data.max_record_bytes)", **where)
 
+    if plain_text and kind == "txt" and keep_linebreaks:
+        for lineno, match in enumerate(LINE_WITH_END.finditer(text), 1):
+            line = match.group(0)
+            size = len(line.encode("utf-8"))
+            check_size(size, line=lineno)
+            yield RawRecord(line, name, line=lineno, size=size)
+        return
     if plain_text and kind == "txt":
         for lineno, line in enumerate(LINE_SPLIT.split(text), 1):
             if line.strip():

@@ -91,24 +91,28 @@ def completion_row(prompt_ids, completion_ids):
 
 
 def generate(model, tokenizer, prompts, settings, device):
+    """Greedy (or sampled) answers to `prompts` (token ids: tuneflow.templates.prompt_ids, the
+    trained rows up to the answer), left-padded into batches."""
     import torch
 
     from tuneflow.templates import stop_token_ids
 
-    tokenizer.padding_side = "left"
     stops = stop_token_ids(tokenizer)
+    pad = tokenizer.pad_token_id
     results = []
     for batch in _batches(prompts, settings["batch_size"]):
-        enc = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+        width = max(len(p) for p in batch)
+        ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in batch], dtype=torch.long, device=device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch], dtype=torch.long, device=device)
         with torch.no_grad():
-            out = model.generate(**enc, max_new_tokens=settings["max_new_tokens"], do_sample=settings["do_sample"],
+            out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=settings["max_new_tokens"],
+                                 do_sample=settings["do_sample"],
                                  temperature=settings["temperature"] if settings["do_sample"] else None,
-                                 top_p=None, top_k=None, eos_token_id=stops, pad_token_id=tokenizer.pad_token_id,
-                                 use_cache=True)
-        for row in out[:, enc["input_ids"].shape[1]:]:
-            ids = row.tolist()
-            cut = next((i for i, t in enumerate(ids) if t in stops), len(ids))
-            results.append(tokenizer.decode(ids[:cut], skip_special_tokens=True).strip())
+                                 top_p=None, top_k=None, eos_token_id=stops, pad_token_id=pad, use_cache=True)
+        for row in out[:, width:]:
+            ids_out = row.tolist()
+            cut = next((i for i, t in enumerate(ids_out) if t in stops), len(ids_out))
+            results.append(tokenizer.decode(ids_out[:cut], skip_special_tokens=True).strip())
     return results
 
 
@@ -128,13 +132,14 @@ def preference_metrics(pairs, beta=None) -> dict:
 def evaluate_dataset(model, tokenizer, ref_model, settings, name, fmt, data_dir, rank, world, device):
     """Evaluate one dataset's validation split; returns the result on rank 0 (None elsewhere)."""
     from tuneflow.io import read_jsonl
-    from tuneflow.templates import assistant_spans, render
-    from tuneflow.tokenize import labels_from_spans
+    from tuneflow.templates import Settings, prompt_ids
+    from tuneflow.tokenize import sft_row, tokenize_dpo
 
     started = time.time()
     records = read_jsonl(Path(data_dir) / "validation.jsonl")[: settings["max_samples"]]
     shard = list(enumerate(records))[rank::world]
     result = {"dataset": name, "format": fmt, "n": len(records), "metrics": {}}
+    template = Settings.from_config(settings.get("chat_template", "tokenizer"), settings.get("template"))
     local = {"loss_sum": 0.0, "tokens": 0, "predictions": [], "pref": []}
     bs = settings["batch_size"]
 
@@ -148,31 +153,29 @@ def evaluate_dataset(model, tokenizer, ref_model, settings, name, fmt, data_dir,
             local["loss_sum"] -= lp
             local["tokens"] += n
     elif fmt in ("alpaca", "sharegpt", "promptcblue"):
-        # Teacher-forced loss on the assistant's tokens (all turns), as SFT trains them.
-        rows = []
-        for _, r in shard:
-            text, spans = assistant_spans(tokenizer, r["messages"])
-            enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-            rows.append((enc["input_ids"], labels_from_spans(enc["offset_mapping"], spans, enc["input_ids"])))
+        # Teacher-forced loss on the answers' tokens (all turns), tokenized exactly as SFT trains them.
+        limit = getattr(model.config, "max_position_embeddings", 2048)
+        row_settings = {"chat_template": settings["chat_template"], "template": settings.get("template"),
+                        "max_length": limit, "mask_prompt": True}
+        rows = [row for row, _ in (sft_row(tokenizer, r["messages"], row_settings) for _, r in shard) if row]
         for lp, n in sequence_logps(model, tokenizer, rows, bs, device):
             local["loss_sum"] -= lp
             local["tokens"] += n
-        # Generation for the last assistant turn, given everything before it.
-        prompts = [render(tokenizer, r["messages"][:-1], add_generation_prompt=True) for _, r in shard]
+        # Generation for the last assistant turn: the trained row up to that answer.
+        prompts = [prompt_ids(tokenizer, r["messages"], template) for _, r in shard]
         outputs = generate(model, tokenizer, prompts, settings, device)
         local["predictions"] = [{"index": i, "id": r["id"], "prediction": o, "reference": r["messages"][-1]["content"],
                                  **({"meta": r["meta"]} if "meta" in r else {})} for (i, r), o in zip(shard, outputs)]
     elif fmt == "preference":
+        pair_settings = {"chat_template": settings["chat_template"], "template": settings.get("template"),
+                         "max_length": 2**31}
+        dpo_rows, _ = tokenize_dpo([r for _, r in shard], tokenizer, pair_settings)
         pairs = []
-        for _, r in shard:
-            p = tokenizer(render(tokenizer, r["messages"], add_generation_prompt=True), add_special_tokens=False)["input_ids"]
-            for resp in (r["chosen"], r["rejected"]):
-                full = tokenizer(render(tokenizer, r["messages"] + [{"role": "assistant", "content": resp}]),
-                                 add_special_tokens=False)["input_ids"]
-                pairs.append(completion_row(p, full[len(p):]))
+        for row in dpo_rows:
+            pairs += [completion_row(row["prompt_ids"], row["chosen_ids"]), completion_row(row["prompt_ids"], row["rejected_ids"])]
         logps = [lp for lp, _ in sequence_logps(model, tokenizer, pairs, bs, device)]
         ref = [lp for lp, _ in sequence_logps(ref_model, tokenizer, pairs, bs, device)] if ref_model is not None else None
-        for j in range(len(shard)):
+        for j in range(len(dpo_rows)):
             entry = {"chosen": logps[2 * j], "rejected": logps[2 * j + 1]}
             if ref is not None:
                 entry.update(ref_chosen=ref[2 * j], ref_rejected=ref[2 * j + 1])
@@ -225,7 +228,10 @@ def evaluate(settings: dict, data_dirs: dict, out_dir):
     device = hardware.device()
     model, model_dir = load_model(settings["model"], device)
     tokenizer = models.load_tokenizer(model_dir, settings["model"], settings.get("chat_template"))
+    models.fit_embeddings(model, tokenizer, settings.get("chat_template"))
     ref_model = load_model(settings["reference"], device)[0] if settings.get("reference") else None
+    if ref_model is not None:
+        models.fit_embeddings(ref_model, tokenizer, settings.get("chat_template"))
     results = {}
     for name, fmt in settings["datasets"].items():
         res, preds = evaluate_dataset(model, tokenizer, ref_model, settings, name, fmt, data_dirs[name], rank, world, device)

@@ -67,7 +67,9 @@ def effective_setup(trainer) -> dict:
     """What the trainer and model actually ran with (as opposed to what was asked for)."""
     a, cfg = trainer.args, trainer.model.config
     return {"attn_implementation": cfg._attn_implementation, "rope_parameters": getattr(cfg, "rope_parameters", None),
-            "gradient_checkpointing": a.activation_checkpointing, "neftune_noise_alpha": a.neftune_noise_alpha,
+            "gradient_checkpointing": a.activation_checkpointing,
+            "gradient_checkpointing_kwargs": a.activation_checkpointing_kwargs, "warmup_steps": a.warmup_steps,
+            "neftune_noise_alpha": a.neftune_noise_alpha,
             "bf16": a.bf16, "fp16": a.fp16, "use_liger_kernel": a.use_liger_kernel, "torch_compile": a.torch_compile,
             "deepspeed": bool(a.deepspeed), "packing": getattr(a, "packing", None),
             "padding_free": getattr(a, "padding_free", None), "per_device_batch_size": a.per_device_train_batch_size,
@@ -135,6 +137,8 @@ def _write_outputs(trainer, run, ckpt, extra_info, staging: Path, out: Path):
             "train_runtime_s": next((e["train_runtime"] for e in reversed(trainer.state.log_history) if "train_runtime" in e), None),
             "steps": trainer.state.global_step, "resumed_from_step": ckpt.resumed_step,
             "train_tokens": getattr(trainer.state, "num_input_tokens_seen", None) or None,
+            # embedding rows trained with (a chat template's added tokens): merge resizes the base to it
+            "vocab_size": trainer.model.config.get_text_config().vocab_size,
             "settings": settings, "effective": effective_setup(trainer), "data": _data_provenance(args.data_manifests),
             "versions": versions(), "hardware": hardware(),
             **extra_info,

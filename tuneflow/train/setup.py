@@ -5,6 +5,7 @@ trainer arguments, the LoRA config and the model as the stage's settings say."""
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from dataclasses import dataclass
 
@@ -27,6 +28,11 @@ class StageRun:
     train_dataset: object
     eval_dataset: object      # None when no dataset has a validation split
     started: float
+
+    @property
+    def template(self) -> str | None:
+        """The chat template the stage's data was tokenized with (None: PT, plain text)."""
+        return self.settings["chat_template"] if STAGES[self.stage].uses_chat_template else None
 
     @property
     def base_spec(self) -> dict:
@@ -73,9 +79,15 @@ def prepare(stage: str, argv=None, description="") -> StageRun:
     tokenizer = models.load_tokenizer(base_dir, spec, template)
     models.check_tokenizer_fits(tokenizer, model_cfg, base_dir)
 
-    train_dataset = concatenate_datasets([load_from_disk(f"{d}/train") for d in args.data])
-    eval_parts = [p for p in (load_from_disk(f"{d}/validation") for d in args.data) if len(p)]
-    eval_dataset = concatenate_datasets(eval_parts) if eval_parts else None
+    def rows(split):  # a split with no rows (a held_out dataset's train split) is not loaded
+        parts = []
+        for d in args.data:
+            with open(f"{d}/meta.json", encoding="utf-8") as f:
+                if json.load(f)["splits"][split].get("rows", 1):
+                    parts.append(load_from_disk(f"{d}/{split}"))
+        return concatenate_datasets(parts) if parts else None
+
+    train_dataset, eval_dataset = rows("train"), rows("validation")
     return StageRun(stage, args, settings, base_dir, model_cfg, tokenizer, train_dataset, eval_dataset, started)
 
 
@@ -101,7 +113,8 @@ def trainer_kwargs(run: StageRun) -> dict:
         data_seed=settings["seed"],
         learning_rate=t["learning_rate"],
         lr_scheduler_type=t["lr_scheduler"],
-        warmup_steps=t["warmup_ratio"],  # a float in [0, 1) is a ratio of the total steps
+        # a float in [0, 1) is a ratio of the total steps, an int a number of steps
+        warmup_steps=t["warmup_steps"] if t.get("warmup_steps") is not None else t["warmup_ratio"],
         weight_decay=t["weight_decay"],
         max_grad_norm=t["max_grad_norm"],
         optim=t["optim"],
@@ -111,6 +124,8 @@ def trainer_kwargs(run: StageRun) -> dict:
         per_device_eval_batch_size=t["per_device_batch_size"],
         gradient_accumulation_steps=t["gradient_accumulation_steps"],
         activation_checkpointing=t["gradient_checkpointing"],
+        activation_checkpointing_kwargs=({"use_reentrant": t["use_reentrant"]} if t.get("use_reentrant") is not None
+                                         else None),
         logging_steps=t["logging_steps"],
         logging_first_step=True,
         save_strategy="steps",
@@ -169,8 +184,13 @@ def load_model(run: StageRun):
     model = models.load_causal_lm(run.base_spec, run.base_dir, rope_scaling=training.get("rope_scaling"),
                                   quantization=settings["quantization"] if qlora else None,
                                   attn_implementation=hardware.attn_implementation(training["attn_implementation"]))
+    # Rows for the tokens the chat template added (chatml's <|im_start|>, ...).
+    models.fit_embeddings(model, run.tokenizer, run.template)
     if qlora:
         from peft import prepare_model_for_kbit_training
 
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=training["gradient_checkpointing"])
+        reentrant = training.get("use_reentrant")
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=training["gradient_checkpointing"],
+            gradient_checkpointing_kwargs={"use_reentrant": reentrant} if reentrant is not None else None)
     return model

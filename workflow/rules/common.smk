@@ -1,6 +1,7 @@
 # Config validation, the plan of every output (tuneflow.plan), and the input / params / resources
 # functions the rules use. Rules themselves live in the other .smk files.
 
+import json
 import os
 import sys
 
@@ -82,6 +83,20 @@ def raw_files(dataset):
         return [str(p) for p in resolve_paths(spec["path"], key=f"datasets.{dataset}.path")]
     except TuneflowError as e:
         raise WorkflowError(str(e)) from None
+
+
+def length_warnings():
+    """The tokenize jobs' warnings (more than data.truncation_warn_fraction of a dataset's records
+    cut or dropped), from the meta.json of every tokenized directory this run uses."""
+    found = []
+    for v in PLAN.variant_names():
+        for stage in PLAN.stages(v):
+            for d in PLAN.tokenized_dirs(v, stage):
+                meta = os.path.join(d, "meta.json")
+                if os.path.isfile(meta):
+                    with open(meta, encoding="utf-8") as f:
+                        found += [w for w in json.load(f).get("warnings", []) if w not in found]
+    return found
 
 
 # -- training -------------------------------------------------------------------------------------
@@ -182,5 +197,6 @@ def report_plan():
     return {
         "eval_jobs": [list(j) for j in PLAN.eval_jobs()],
         "trained": [list(t) for t in PLAN.trained_stages()],
+        "tokenized": [list(t) for t in PLAN.tokenized_data()],
         "configs": PLAN.variants,
     }

@@ -34,3 +34,9 @@ rule tokenize:
         "../../envs/data.yaml"
     shell:
         "python {input.script:q} --data {input.data:q} --settings {params.settings:q} --out {output:q} > {log:q} 2>&1"
+
+
+onsuccess:
+    # Said again at the end of the run, not only in logs/tokenize/: nothing is cut silently.
+    for warning in length_warnings():
+        print(f"tuneflow: WARNING: {warning} (see the report's data table)", file=sys.stderr)

@@ -15,6 +15,7 @@ rule report:
         summary="results/eval/summary.tsv",
         evals=PLAN.eval_dirs(),
         adapters=[t[2] for t in PLAN.trained_stages()],
+        tokenized=[t[2] for t in PLAN.tokenized_data()],
         code=code("tuneflow/report.py", "tuneflow/summarize.py"),
     params:
         plan=jsonarg(report_plan()),

@@ -48,11 +48,13 @@ def test_builtin_templates_mask_consistently(tokenizer, name):
     assert [text[a:b].strip().split()[0].split("<")[0] for a, b in spans] == ["5", "tac"]
 
 
-def test_pt_blocks_are_full_and_documents_end_with_eos(tokenizer):
+def test_pt_blocks_are_full_and_documents_end_with_the_document_end_token(tokenizer):
     rows, stats = tokenize_pt([{"text": "one two three"}, {"text": "four five"}] * 20, tokenizer, max_length=16)
     assert all(len(r["input_ids"]) == 16 for r in rows)
     assert stats["blocks"] == len(rows) and stats["tokens"] == 16 * len(rows) + stats["tokens_dropped_at_end"]
-    assert tokenizer.eos_token_id in rows[0]["input_ids"]
+    # <|endoftext|>, not the EOS <|im_end|> that ends a chat turn
+    assert tokenizer.convert_tokens_to_ids("<|endoftext|>") in rows[0]["input_ids"]
+    assert tokenizer.eos_token_id not in rows[0]["input_ids"]
 
 
 def test_dpo_ids_split_prompt_and_responses(tokenizer):

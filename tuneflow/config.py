@@ -182,6 +182,11 @@ def _semantic_checks(cfg, where=""):
             raise ConfigError(f"{key}.deepspeed", f"'{ds}' is neither a preset ({', '.join(deepspeed_config.PRESETS)}) nor an existing JSON file")
         if st["lora"]["use_dora"] and st["finetuning"] == "qlora" and st["quantization"]["bits"] == 8:
             raise ConfigError(f"{key}.lora.use_dora", "DoRA is not supported on 8-bit quantized weights")
+    for i, model in enumerate(cfg["evaluation"]["models"] or []):
+        if model != "base" and not (model in STAGES and cfg["stages"][model]["enabled"]):
+            enabled = ["base", *(s for s in STAGE_NAMES if cfg["stages"][s]["enabled"])]
+            raise ConfigError(f"{prefix}evaluation.models[{i}]", f"'{model}' is neither 'base' nor an enabled stage "
+                              f"(models here: {', '.join(enabled)})")
     eval_ds = cfg["evaluation"]["datasets"]
     for i, name in enumerate(eval_ds or []):
         if name not in datasets:

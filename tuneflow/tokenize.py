@@ -1,7 +1,8 @@
 """Tokenize converted data once per (kind of rows, tokenizer, template, max length) and cache it.
 
 Output directory: train/ and validation/ (Hugging Face `datasets` saved to disk) + meta.json.
-  pt:  {"input_ids"}  documents joined with EOS and cut into blocks of exactly max_length tokens
+  pt:  {"input_ids"}  documents joined with the document-end token (special_tokens.document_end_id)
+       and cut into blocks of exactly max_length tokens
   sft: {"input_ids", "labels"}  labels are -100 outside assistant turns when mask_prompt is on
   dpo: {"prompt_ids", "chosen_ids", "rejected_ids"}  as TRL's DPOTrainer builds them
 Changing the learning rate never re-tokenizes; changing max length, template or tokenizer does,
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from tuneflow.errors import TuneflowError
 from tuneflow.io import atomic_dir, read_jsonl
+from tuneflow.special_tokens import document_end_id
 from tuneflow.templates import assistant_spans, render
 
 IGNORE = -100
@@ -59,8 +61,9 @@ def tokenize_sft(records, tokenizer, max_length, mask_prompt=True, batch=512):
 
 
 def tokenize_pt(records, tokenizer, max_length):
-    """Concatenate documents (each followed by EOS) and cut into full blocks of max_length."""
-    eos = tokenizer.eos_token_id
+    """Concatenate documents (each followed by the document-end token) and cut into full blocks of
+    max_length."""
+    eos = document_end_id(tokenizer)
     enc = tokenizer([r["text"] for r in records], add_special_tokens=False)["input_ids"]
     stream = []
     for ids in enc:

@@ -212,6 +212,7 @@ def evaluate(settings: dict, data_dirs: dict, out_dir):
 
     from tuneflow import models
     from tuneflow.io import atomic_dir
+    from tuneflow.provenance import peak_rss_mb
 
     distributed.die_with_launcher()
     rank, world = distributed.start(DIST_TIMEOUT_S)
@@ -224,7 +225,7 @@ def evaluate(settings: dict, data_dirs: dict, out_dir):
     for name, fmt in settings["datasets"].items():
         res, preds = evaluate_dataset(model, tokenizer, ref_model, settings, name, fmt, data_dirs[name], rank, world, device)
         if rank == 0:
-            res.update({"model_dir": str(model_dir), "world_size": world})
+            res.update({"model_dir": str(model_dir), "world_size": world, "peak_rss_mb": peak_rss_mb()})
             results[name] = (res, preds)
             print(f"[tuneflow] {name}: {json.dumps(res['metrics'])}", file=sys.stderr, flush=True)
     if rank == 0:

@@ -14,7 +14,7 @@ from pathlib import Path
 from tuneflow.distributed import barrier, is_main, log, world_size
 from tuneflow.errors import TuneflowError
 from tuneflow.io import storage_error
-from tuneflow.provenance import hardware, versions
+from tuneflow.provenance import hardware, peak_rss_mb, versions
 from tuneflow.train.checkpoints import resume_note
 
 
@@ -110,7 +110,8 @@ def _write_outputs(trainer, run, ckpt, extra_info, staging: Path, out: Path):
             "steps": trainer.state.global_step, "resumed_from_step": ckpt.resumed_step,
             "train_tokens": getattr(trainer.state, "num_input_tokens_seen", None) or None,
             "settings": settings, "effective": effective_setup(trainer), "data": _data_provenance(args.data_manifests),
-            "versions": versions(), "hardware": hardware(),
+            "versions": versions(), "hardware": hardware(), **run.recorded,
+            "peak_rss_mb": peak_rss_mb(),
             **extra_info,
         }
         with open(staging / "train_info.json", "w", encoding="utf-8") as f:

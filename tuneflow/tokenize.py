@@ -1,6 +1,7 @@
 """Tokenize converted data once per (kind of rows, tokenizer, template, max length) and cache it.
 
-Output directory: train/ and validation/ (Hugging Face `datasets` saved to disk) + meta.json.
+Output directory: train/ and validation/ (Hugging Face `datasets` saved to disk) + meta.json +
+example.json (the first training row with its loss-carrying tokens marked: tuneflow.show_example).
   pt:  {"input_ids"}  documents joined with the document-end token (special_tokens.document_end_id)
        and cut into blocks of exactly max_length tokens
   sft: {"input_ids", "labels"}  labels are -100 outside assistant turns when mask_prompt is on
@@ -16,6 +17,7 @@ from pathlib import Path
 
 from tuneflow.errors import TuneflowError
 from tuneflow.io import atomic_dir, read_jsonl
+from tuneflow.show_example import example
 from tuneflow.special_tokens import document_end_id
 from tuneflow.templates import assistant_spans, render
 
@@ -136,6 +138,9 @@ def tokenize_dataset(data_dir, tokenizer, settings: dict, out_dir) -> dict:
             ds = Dataset.from_dict({c: [r[c] for r in rows] for c in columns})
             ds.save_to_disk(str(tmp / split))
             meta["splits"][split] = stats
+            if split == "train":  # what the model sees, for scripts/show_example.py and the report
+                with open(tmp / "example.json", "w", encoding="utf-8") as f:
+                    json.dump(example(tokenizer, rows[0], kind), f, indent=1, ensure_ascii=False)
         with open(tmp / "meta.json", "w", encoding="utf-8") as f:
             json.dump(meta, f, indent=2)
     return meta

@@ -74,6 +74,7 @@ def prepare(stage: str, argv=None, description="") -> StageRun:
     eval_dataset = concatenate_datasets(eval_parts) if eval_parts else None
     run = StageRun(stage, args, settings, base_dir, model_cfg, tokenizer, train_dataset, eval_dataset, started)
     run.recorded["special_tokens"] = special_tokens.describe(tokenizer)
+    run.recorded["tokenized"] = list(args.data)
     return run
 
 

@@ -213,7 +213,8 @@ def check_stage_against_model(st: dict, stage: str, path, model_cfg: dict, key: 
     if st["finetuning"] == "full" and model_cfg.get("quantization_config"):
         raise ConfigError(f"{key}.finetuning", f"the base model at {path} is quantized; full fine-tuning needs unquantized weights")
     if st["finetuning"] != "full":
-        inv = modules if modules is not None else lora_targets.inventory_of_dir(str(path))
+        # A model with its own code (auto_map) got here only with trust_remote_code (check_model_dir).
+        inv = modules if modules is not None else lora_targets.inventory_of_dir(str(path), bool(model_cfg.get("auto_map")))
         lora_targets.resolve(st["lora"], inv, str(path), f"{key}.lora")
     check_max_length(st["training"]["max_length"], model_cfg, f"{key}.training.max_length",
                      st["training"].get("rope_scaling"))

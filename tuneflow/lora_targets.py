@@ -93,7 +93,8 @@ def inventory(model) -> Inventory:
             kind = OUTPUT
         elif "Router" in cls or (leaf in ROUTER_NAMES and "experts" in children.get(parent, ())):
             kind = ROUTER
-        elif leaf == "experts" and any(p.dim() == 3 for p in mod.parameters(recurse=False)):
+        # (ds_shape: the full shape of a parameter ZeRO-3 has partitioned)
+        elif leaf == "experts" and any(len(getattr(p, "ds_shape", p.shape)) == 3 for p in mod.parameters(recurse=False)):
             kind = EXPERTS
         elif isinstance(mod, (nn.Linear, Conv1D)):
             kind = EXPERT_LINEAR if "experts" in parts[:-1] else LINEAR

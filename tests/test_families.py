@@ -280,3 +280,18 @@ def test_large_vocabulary_evaluation_and_dpo_stay_within_bounded_memory(families
              for d in ("alpaca", "sharegpt", "pairs")]
     assert dpo["peak_rss_mb"] < 2000, dpo["peak_rss_mb"]
     assert max(e["peak_rss_mb"] for e in evals) < 1500, [e["peak_rss_mb"] for e in evals]
+
+
+@pytest.mark.slow
+def test_qwen3_trains_multi_turn_data_with_its_own_template(families_run):
+    """Each reply and its <|im_end|> carry loss; the empty <think></think> block belongs to the last
+    reply (tests/test_loss_masks.py has the exact tokens); evaluation scores answers without it."""
+    sft = info(families_run, "qwen3", "sft")
+    assert sft["settings"]["chat_template"] == "tokenizer"
+    sharegpt = next(Path(d) for d in sft["tokenized"] if "/sharegpt/" in d)
+    seq = json.loads((families_run / sharegpt / "example.json").read_text())["sequences"]["conversation"]
+    replies = [text for text, trained in seq["pieces"] if trained]
+    assert len(replies) >= 2 and all(r.endswith("<|im_end|>") for r in replies)
+    assert "<think>" not in "".join(replies[:-1]) and replies[-1].startswith("<think>\n\n</think>\n\n")
+    predictions = result(families_run, "qwen3", "eval", "dpo", "sharegpt.predictions.jsonl").read_text()
+    assert "<think>" not in predictions

@@ -2,10 +2,13 @@
 
 Built-ins are Jinja templates in the format transformers' `apply_chat_template` renders, so one
 code path tokenizes, trains and generates with all of them. Each ends the assistant turn with a
-marker that is part of the trained span, so the model learns to stop.
+marker that must be one token of the tokenizer (`end_of_turn`): it is the last trained token of
+every answer and a stop token when generating, so the model learns to stop and does.
 """
 
 from __future__ import annotations
+
+import functools
 
 from tuneflow.errors import ModelError
 
@@ -82,27 +85,63 @@ def render(tokenizer, messages, add_generation_prompt=False) -> str:
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
 
 
+PROBE = [{"role": "user", "content": "Q7x"}, {"role": "assistant", "content": "A7x"}]
+
+
+def end_of_turn(tokenizer) -> str:
+    """The text the installed template closes an assistant turn with (`<|im_end|>`, `<|eot_id|>`,
+    ` </s>`...), found by rendering a probe conversation; what follows it (a newline before the next
+    turn) is a separator, not part of the turn."""
+    return _end_of_turn(tokenizer, tokenizer.chat_template)
+
+
+@functools.lru_cache(maxsize=16)
+def _end_of_turn(tokenizer, template: str) -> str:
+    text = render(tokenizer, PROBE)
+    after = text[text.rindex(PROBE[1]["content"]) + len(PROBE[1]["content"]):].rstrip()
+    if not after:
+        raise ModelError(f"the chat template of {getattr(tokenizer, 'name_or_path', '?')} ends an assistant turn with "
+                         "nothing: a model trained with it cannot learn where its answer ends (end-of-turn token)")
+    ids = tokenizer(after.strip(), add_special_tokens=False)["input_ids"]
+    if len(ids) != 1:
+        raise ModelError(f"the chat template ends an assistant turn with {after.strip()!r}, which the tokenizer of "
+                         f"{getattr(tokenizer, 'name_or_path', '?')} splits into {len(ids)} tokens: the model cannot "
+                         "learn to stop on one end-of-turn token; use a template built for this tokenizer")
+    return after
+
+
 def assistant_spans(tokenizer, messages) -> tuple[str, list[tuple[int, int]]]:
     """Render `messages`; return the text and the character spans of every assistant turn.
 
-    A span runs from the end of the generation prompt before the turn to the end of the turn as
-    rendered (end-of-turn marker included).
+    A span runs from the end of the generation prompt before the turn (so what is trained follows
+    exactly what is asked at inference) to the end of the turn's end-of-turn marker (the separator
+    after it is not trained). A template may render earlier turns differently from the last one:
+    Qwen3's own puts an empty <think></think> block before the last answer only, and it is part of
+    that answer, as the model generates it after the prompt "<|im_start|>assistant\n".
     """
     text = render(tokenizer, messages)
+    marker = end_of_turn(tokenizer)
     spans = []
     for i, m in enumerate(messages):
         if m["role"] != "assistant":
             continue
         prefix = render(tokenizer, messages[:i], add_generation_prompt=True)
-        upto = render(tokenizer, messages[: i + 1])
-        if not text.startswith(prefix) or not text.startswith(upto):
-            raise ModelError("the chat template renders a conversation differently when more turns follow, so the "
-                             "prompt tokens cannot be masked; use a built-in chat_template or set mask_prompt: false")
-        spans.append((len(prefix), len(upto)))
+        if not text.startswith(prefix):
+            raise ModelError("the chat template renders the conversation before an answer differently from the "
+                             "generation prompt it gives at inference, so what would be trained is not what the model "
+                             "is asked; use a built-in chat_template")
+        content = m["content"].strip()
+        at = text.find(content, len(prefix)) if content else len(prefix)
+        end = text.find(marker, at + len(content)) if at >= 0 else -1
+        if end < 0:
+            raise ModelError(f"the chat template does not render assistant turn {i} as its content followed by "
+                             f"{marker!r}; use a built-in chat_template or set mask_prompt: false")
+        spans.append((len(prefix), end + len(marker)))
     return text, spans
 
 
 def stop_token_ids(tokenizer) -> list[int]:
+    """EOS, the installed template's end-of-turn token and the usual end-of-turn tokens."""
     ids = set()
     if tokenizer.eos_token_id is not None:
         ids.add(tokenizer.eos_token_id)
@@ -110,4 +149,6 @@ def stop_token_ids(tokenizer) -> list[int]:
     for tok in END_OF_TURN:
         if tok in vocab:
             ids.add(vocab[tok])
+    if getattr(tokenizer, "chat_template", None):
+        ids.update(tokenizer(end_of_turn(tokenizer).strip(), add_special_tokens=False)["input_ids"])
     return sorted(ids)

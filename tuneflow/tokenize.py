@@ -35,6 +35,16 @@ def labels_from_spans(offsets, spans, input_ids):
     return labels
 
 
+def prompt_ids(tokenizer, messages) -> list[int]:
+    """What the model is asked to continue for the last assistant turn of `messages`: the row SFT
+    trains on, cut before the first trained token of that turn (so the prompt at inference is the
+    trained prefix, token for token)."""
+    text, spans = assistant_spans(tokenizer, messages)
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    labels = labels_from_spans(enc["offset_mapping"], spans[-1:], enc["input_ids"])
+    return enc["input_ids"][:next(k for k, x in enumerate(labels) if x != IGNORE)]
+
+
 def tokenize_sft(records, tokenizer, max_length, mask_prompt=True, batch=512):
     rows, stats = [], {"records": len(records), "truncated": 0, "dropped_fully_masked": 0, "tokens": 0, "label_tokens": 0}
     for i in range(0, len(records), batch):
@@ -89,22 +99,30 @@ def _common_prefix(a, b):
     return n
 
 
+def _answer(tokenizer, messages) -> tuple[list[int], int, int]:
+    """A conversation's ids as SFT tokenizes it and where its last answer starts and ends (the end
+    of its end-of-turn token: the separator after it is no part of the answer)."""
+    text, spans = assistant_spans(tokenizer, messages)
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    trained = [k for k, x in enumerate(labels_from_spans(enc["offset_mapping"], spans[-1:], enc["input_ids"]))
+               if x != IGNORE]
+    return enc["input_ids"], trained[0], trained[-1] + 1
+
+
 def tokenize_dpo(records, tokenizer, max_length):
-    """Prompt / chosen / rejected ids the way TRL's DPOTrainer builds them for conversational data."""
+    """Prompt / chosen / rejected ids the way TRL's DPOTrainer uses them for conversational data:
+    each response is its answer as SFT trains it (up to its end-of-turn token)."""
     rows = []
     stats = {"records": len(records), "dropped_prompt_too_long": 0, "tokens": 0}
     for r in records:
-        prompt = r["messages"]
-        p_text = render(tokenizer, prompt, add_generation_prompt=True)
-        c_text = render(tokenizer, prompt + [{"role": "assistant", "content": r["chosen"]}])
-        x_text = render(tokenizer, prompt + [{"role": "assistant", "content": r["rejected"]}])
-        p, c, x = (tokenizer(t, add_special_tokens=False)["input_ids"] for t in (p_text, c_text, x_text))
-        n = min(_common_prefix(p, c), _common_prefix(p, x))
+        (c, c0, c1), (x, x0, x1) = (_answer(tokenizer, r["messages"] + [{"role": "assistant", "content": r[side]}])
+                                    for side in ("chosen", "rejected"))
+        n = min(c0, x0, _common_prefix(c, x))
         if n >= max_length:
             stats["dropped_prompt_too_long"] += 1
             continue
-        row = {"prompt_ids": p[:n], "chosen_ids": c[n:], "rejected_ids": x[n:]}
-        stats["tokens"] += len(c) + len(x)
+        row = {"prompt_ids": c[:n], "chosen_ids": c[n:c1], "rejected_ids": x[n:x1]}
+        stats["tokens"] += c1 + x1
         rows.append(row)
     return rows, stats
 

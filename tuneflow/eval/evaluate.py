@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import sys
 import time
 from pathlib import Path
@@ -87,25 +88,33 @@ def completion_row(prompt_ids, completion_ids):
     return prompt_ids + completion_ids, [-100] * len(prompt_ids) + list(completion_ids)
 
 
+# A reasoning block the model writes before its answer (Qwen3: "<think>\n\n</think>\n\n") is not
+# part of the answer scored against the reference.
+THINK_BLOCK = re.compile(r"^\s*<think>.*?</think>\s*", re.S)
+
+
 def generate(model, tokenizer, prompts, settings, device):
+    """Answers to `prompts` (token ids: tokenize.prompt_ids, the trained rows up to the answer),
+    left-padded into batches; generation stops at EOS or the template's end-of-turn token."""
     import torch
 
     from tuneflow.templates import stop_token_ids
 
-    tokenizer.padding_side = "left"
-    stops = stop_token_ids(tokenizer)
+    stops, pad = stop_token_ids(tokenizer), tokenizer.pad_token_id
     results = []
     for batch in _batches(prompts, settings["batch_size"]):
-        enc = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+        width = max(len(p) for p in batch)
+        ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in batch], dtype=torch.long, device=device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch], dtype=torch.long, device=device)
         with torch.no_grad():
-            out = model.generate(**enc, max_new_tokens=settings["max_new_tokens"], do_sample=settings["do_sample"],
+            out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=settings["max_new_tokens"],
+                                 do_sample=settings["do_sample"],
                                  temperature=settings["temperature"] if settings["do_sample"] else None,
-                                 top_p=None, top_k=None, eos_token_id=stops, pad_token_id=tokenizer.pad_token_id,
-                                 use_cache=True)
-        for row in out[:, enc["input_ids"].shape[1]:]:
-            ids = row.tolist()
-            cut = next((i for i, t in enumerate(ids) if t in stops), len(ids))
-            results.append(tokenizer.decode(ids[:cut], skip_special_tokens=True).strip())
+                                 top_p=None, top_k=None, eos_token_id=stops, pad_token_id=pad, use_cache=True)
+        for row in out[:, width:]:
+            new = row.tolist()
+            cut = next((i for i, t in enumerate(new) if t in stops), len(new))
+            results.append(THINK_BLOCK.sub("", tokenizer.decode(new[:cut], skip_special_tokens=True)).strip())
     return results
 
 
@@ -125,8 +134,8 @@ def preference_metrics(pairs, beta=None) -> dict:
 def evaluate_dataset(model, tokenizer, ref_model, settings, name, fmt, data_dir, rank, world, device):
     """Evaluate one dataset's validation split; returns the result on rank 0 (None elsewhere)."""
     from tuneflow.io import read_jsonl
-    from tuneflow.templates import assistant_spans, render
-    from tuneflow.tokenize import labels_from_spans
+    from tuneflow.templates import assistant_spans
+    from tuneflow.tokenize import labels_from_spans, prompt_ids, tokenize_dpo
 
     started = time.time()
     records = read_jsonl(Path(data_dir) / "validation.jsonl")[: settings["max_samples"]]
@@ -154,19 +163,17 @@ def evaluate_dataset(model, tokenizer, ref_model, settings, name, fmt, data_dir,
         for lp, n in sequence_logps(model, tokenizer, rows, bs, device):
             local["loss_sum"] -= lp
             local["tokens"] += n
-        # Generation for the last assistant turn, given everything before it.
-        prompts = [render(tokenizer, r["messages"][:-1], add_generation_prompt=True) for _, r in shard]
+        # Generation for the last assistant turn: the trained row up to that answer.
+        prompts = [prompt_ids(tokenizer, r["messages"]) for _, r in shard]
         outputs = generate(model, tokenizer, prompts, settings, device)
         local["predictions"] = [{"index": i, "id": r["id"], "prediction": o, "reference": r["messages"][-1]["content"],
                                  **({"meta": r["meta"]} if "meta" in r else {})} for (i, r), o in zip(shard, outputs)]
     elif fmt == "preference":
+        # Prompt and responses tokenized exactly as DPO trains on them.
         pairs = []
-        for _, r in shard:
-            p = tokenizer(render(tokenizer, r["messages"], add_generation_prompt=True), add_special_tokens=False)["input_ids"]
-            for resp in (r["chosen"], r["rejected"]):
-                full = tokenizer(render(tokenizer, r["messages"] + [{"role": "assistant", "content": resp}]),
-                                 add_special_tokens=False)["input_ids"]
-                pairs.append(completion_row(p, full[len(p):]))
+        for row in tokenize_dpo([r for _, r in shard], tokenizer, max_length=2**31)[0]:
+            pairs += [completion_row(row["prompt_ids"], row["chosen_ids"]),
+                      completion_row(row["prompt_ids"], row["rejected_ids"])]
         logps = [lp for lp, _ in sequence_logps(model, tokenizer, pairs, bs, device)]
         ref = [lp for lp, _ in sequence_logps(ref_model, tokenizer, pairs, bs, device)] if ref_model is not None else None
         for j in range(len(shard)):

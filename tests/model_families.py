@@ -30,7 +30,6 @@ class Family:
     model_class: str
     config: dict            # published values kept (vocabulary, special ids, RoPE, tying, experts)
     generation: dict = field(default_factory=dict)  # generation_config.json as published
-    chat_template: str = "tokenizer"  # what the family's workflow run uses
     moe: bool = False
 
 
@@ -40,7 +39,7 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
            {"vocab_size": 32000, "bos_token_id": 1, "eos_token_id": 2, "num_key_value_heads": 4,
             "max_position_embeddings": 4096, "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0},
             "tie_word_embeddings": False},
-           {"bos_token_id": 1, "eos_token_id": 2}, chat_template="llama2"),
+           {"bos_token_id": 1, "eos_token_id": 2}),
     # meta-llama/Llama-3.1-8B-Instruct: 128k vocabulary, GQA, RoPE "llama3" frequency scaling, no pad.
     Family("llama3_1", "llama3_1", "LlamaConfig", "LlamaForCausalLM",
            {"vocab_size": 128256, "bos_token_id": 128000, "eos_token_id": [128001, 128008, 128009],
@@ -54,7 +53,7 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
            {"vocab_size": 32000, "bos_token_id": 1, "eos_token_id": 2, "max_position_embeddings": 32768,
             "sliding_window": 4096, "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0},
             "tie_word_embeddings": False},
-           {"bos_token_id": 1, "eos_token_id": 2}, chat_template="zephyr"),
+           {"bos_token_id": 1, "eos_token_id": 2}),
     # Qwen/Qwen3-0.6B: 151,936 embedding rows (151,669 tokens), tied input/output embeddings,
     # q/k norms, no bos; eos <|im_end|>.
     Family("qwen3", "qwen3", "Qwen3Config", "Qwen3ForCausalLM",
@@ -66,7 +65,7 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
            {"vocab_size": 32000, "bos_token_id": 1, "eos_token_id": 2, "max_position_embeddings": 32768,
             "num_local_experts": 4, "num_experts_per_tok": 2, "router_aux_loss_coef": 0.02,
             "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0}, "tie_word_embeddings": False},
-           {"bos_token_id": 1, "eos_token_id": 2}, chat_template="llama2", moe=True),
+           {"bos_token_id": 1, "eos_token_id": 2}, moe=True),
 )}
 NAMES = tuple(FAMILIES)
 

@@ -1,4 +1,4 @@
-"""The tokens with a job: padding, the end of a pre-training document, the start of a sequence.
+"""The tokens with a job beyond text: padding and the end of a pre-training document.
 
 - Pad: a tokenizer without one (Llama-2, Mistral, Llama-3) gets an existing token that never
   occurs in text, so the vocabulary and the embeddings keep their size: a dedicated pad token

@@ -123,6 +123,23 @@ def real_tokenizer():
 
 
 @pytest.fixture(scope="session")
+def family_model(tmp_path_factory, real_tokenizer):
+    """name -> directory of a tiny random-init model of a real family with its real tokenizer
+    (llama2, llama3_1, mistral, qwen3, mixtral: tests/model_families.py), built once per session."""
+    from model_families import FAMILIES, build_family_model
+
+    built = {}
+
+    def build(name):
+        if name not in built:
+            built[name] = build_family_model(name, real_tokenizer(FAMILIES[name].tokenizer),
+                                             tmp_path_factory.mktemp("family") / name)
+        return built[name]
+
+    return build
+
+
+@pytest.fixture(scope="session")
 def demo_run(tmp_path_factory):
     """The demo pipeline (tests/config/ci.yaml: 2 ranks, ZeRO-2) run once to the report; tests that
     change anything work on a copy (tests/pipeline.py: copy_project)."""

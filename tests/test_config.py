@@ -107,6 +107,15 @@ def plan_with(variants):
     return Plan(resolve_with(variants=variants))
 
 
+def test_evaluation_models_chooses_which_models_are_evaluated():
+    plan = Plan(resolve_with(evaluation={"models": ["dpo"]}, variants={"all": {"evaluation": {"models": None}}}))
+    assert [j[1] for j in plan.eval_jobs() if j[0] == "default"] == ["dpo"] * 5
+    assert {j[1] for j in plan.eval_jobs() if j[0] == "all"} == {"base", "pt", "sft", "dpo"}
+    with pytest.raises(ConfigError, match=r"'evaluation\.models\[1\]': 'pt' is neither 'base' nor an enabled stage "
+                                          r"\(models here: base, sft, dpo\)"):
+        resolve_with(evaluation={"models": ["base", "pt"]}, stages={"pt": {"enabled": False}})
+
+
 def test_variant_changing_only_dpo_beta_reuses_pt_and_sft():
     plan = plan_with({"beta05": {"stages": {"dpo": {"beta": 0.5}}}})
     assert plan.adapter_dir("beta05", "pt") == "results/adapters/pt"

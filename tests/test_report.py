@@ -199,7 +199,7 @@ def test_config_section_lists_only_differing_keys():
 
 # --------------------------------------------------------------------------- empty / missing
 
-SECTION_IDS = ("summary", "training", "promptcblue", "configs", "provenance")
+SECTION_IDS = ("summary", "training", "promptcblue", "examples", "configs", "provenance")
 
 
 @pytest.mark.parametrize("bundle", [
@@ -260,6 +260,9 @@ def evil_bundle():
     b["provenance"]["packages"]["<pkg>"] = "http://evil.example"
     b["provenance"]["hardware"]["gpus"] = [{"name": "<gpu>"}]
     b["provenance"]["data"][0]["files"][0]["path"] = "<path>\"'&"
+    b["examples"] = [{"variant": EVIL_VAR, "stage": "sft", "dataset": EVIL_DS, "template": "<t>", "kind": "sft",
+                      "sequences": {"<seq>": {"tokens": 3, "label_tokens": 1,
+                                              "pieces": [["<|im_start|>user\n<b>hi", False], ["</b><|im_end|>", True]]}}}]
     return b
 
 
@@ -276,7 +279,7 @@ def test_user_strings_are_escaped():
     allowed = {"html", "head", "meta", "title", "style", "body", "main", "header", "h1", "h2", "h3",
                "div", "b", "span", "nav", "a", "section", "p", "table", "thead", "tbody", "tr",
                "th", "td", "svg", "text", "rect", "line", "polyline", "circle", "details",
-               "summary", "footer", "script"}
+               "summary", "footer", "script", "pre", "mark", "code"}
     assert set(p.tags) <= allowed, set(p.tags) - allowed
     assert p.tags.count("script") == 1
     assert not any(name.startswith("on") for name, _ in p.attrs)
@@ -285,8 +288,21 @@ def test_user_strings_are_escaped():
     # ... and the browser would show the original strings
     text = "".join(p.text)
     for s in (EVIL_DS, EVIL_VAR, "<img src=x onerror=alert(1)>", "https://evil.example/x.js",
-              "<path>\"'&", "<gpu>"):
+              "<path>\"'&", "<gpu>", "<|im_start|>user\n<b>hi</b><|im_end|>"):
         assert s in text, s
+
+
+def test_examples_section_marks_the_text_that_carries_loss():
+    b = small_bundle(examples=[{"variant": "default", "stage": "sft", "dataset": "ds", "template": "chatml", "kind": "sft",
+                                "sequences": {"conversation": {"tokens": 9, "label_tokens": 2, "pieces": [
+                                    ["<|im_start|>user\n2 + 3<|im_end|>\n<|im_start|>assistant\n", False],
+                                    ["5<|im_end|>", True], ["\n", False]]}}}])
+    page = render_html(b)
+    sec = page[page.index('<section id="examples">'):]
+    sec = sec[:sec.index("</section>")]
+    assert "ds · stage sft · template chatml" in sec and "conversation: 9 tokens, 2 carry loss" in sec
+    assert '<pre class="example">&lt;|im_start|&gt;user\n2 + 3' in sec
+    assert "<mark>5&lt;|im_end|&gt;</mark>\n</pre>" in sec
 
 
 def test_no_network_references_in_normal_page():

@@ -49,7 +49,12 @@ def test_tokenizer_is_byte_level_with_the_chat_template_in_tokenizer_config(tiny
 
 
 def test_planning_module_names_match_the_built_model(tiny):
-    from tuneflow.models import module_names
+    from transformers import AutoModelForCausalLM
+
+    from tuneflow.lora_targets import inventory
+    from tuneflow.tiny_model import planned_inventory
 
     out, _ = tiny
-    assert module_names(out) == set(LLAMA_MODULES)
+    built = inventory(AutoModelForCausalLM.from_pretrained(out))
+    assert built.leaf_kinds() == planned_inventory().leaf_kinds()
+    assert {m.leaf for m in built.modules} >= set(LLAMA_MODULES)

@@ -45,7 +45,7 @@ def test_sft_labels_cover_exactly_the_assistant_turns(tokenizer):
     rows, stats = tokenize_sft([{"id": "a", "messages": CONV}], tokenizer, sft())
     ids, labels = rows[0]["input_ids"], rows[0]["labels"]
     trained = tokenizer.decode([t for t, l in zip(ids, labels) if l != IGNORE])
-    assert trained == "5<|im_end|>\ntac<|im_end|>\n"
+    assert trained == "5<|im_end|>tac<|im_end|>"  # not the newline between turns
     assert all(l == IGNORE or l == t for t, l in zip(ids, labels))
     assert stats["label_tokens"] == sum(l != IGNORE for l in labels) and stats["kept"] == 1
 
@@ -166,14 +166,16 @@ def test_truncation_strategies_cut_as_the_seeds_do():
     assert fit_turns(turns, 100, {"strategy": "proportional"}, special) == (turns, False)
 
 
-def test_pt_blocks_are_full_and_documents_end_with_eos(tokenizer):
+def test_pt_blocks_are_full_and_documents_end_with_the_document_end_token(tokenizer):
     rows, stats = tokenize_pt([{"text": "one two three"}, {"text": "four five"}] * 20, tokenizer,
                               {"max_length": 16, "eos_per_document": True})
     assert all(len(r["input_ids"]) == 16 for r in rows)
     assert stats["blocks"] == len(rows) and stats["tokens"] == 16 * len(rows) + stats["tokens_dropped_at_end"]
-    assert tokenizer.eos_token_id in rows[0]["input_ids"]
+    # <|endoftext|>, not the EOS <|im_end|> that ends a chat turn
+    end = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    assert end in rows[0]["input_ids"] and tokenizer.eos_token_id not in rows[0]["input_ids"]
     rows, _ = tokenize_pt([{"text": "one two three"}] * 20, tokenizer, {"max_length": 16, "eos_per_document": False})
-    assert tokenizer.eos_token_id not in rows[0]["input_ids"]
+    assert end not in rows[0]["input_ids"]
 
 
 def test_pt_documents_can_start_with_the_tokenizers_bos(real):
@@ -190,7 +192,7 @@ def test_dpo_ids_split_prompt_and_responses(tokenizer):
     rows, _ = tokenize_dpo(recs, tokenizer, settings)
     r = rows[0]
     assert tokenizer.decode(r["prompt_ids"]).endswith("<|im_start|>assistant\n")
-    assert tokenizer.decode(r["chosen_ids"]) == "5<|im_end|>\n" and tokenizer.decode(r["rejected_ids"]) == "6<|im_end|>\n"
+    assert tokenizer.decode(r["chosen_ids"]) == "5<|im_end|>" and tokenizer.decode(r["rejected_ids"]) == "6<|im_end|>"
     rows, stats = tokenize_dpo(recs, tokenizer, {**settings, "max_length": 4})
     assert rows == [] and stats["dropped"] == 1 and stats["dropped_examples"] == ["p"]
 

@@ -1,9 +1,9 @@
 """Checks of the config against the base model, run when Snakemake plans the workflow, so that a
 model-dependent mistake stops the run before any job writes anything.
 
-A base model on local disk is checked by reading config.json, the tokenizer files and the
-safetensors headers (no weights are loaded); the embedded tiny model, which the workflow builds,
-by its tiny_model settings and the Llama module names. A hub name is checked by the first job
+A base model on local disk is checked by reading config.json, the tokenizer files and its module
+tree built on the meta device (no weights are read); the embedded tiny model, which the workflow
+builds, by its tiny_model settings and the Llama module names. A hub name is checked by the first job
 that needs it (tokenize / train), which fails fast when the hub cannot be reached.
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import os
 
-from tuneflow import models, tiny_model
+from tuneflow import lora_targets, models, tiny_model
 from tuneflow.config import RESULTS, TINY_MODEL_DIR, enabled_stages
 from tuneflow.errors import ModelError
 from tuneflow.templates import BUILTIN
@@ -24,8 +24,8 @@ def _tokenizer(path, trust_remote_code):
 
 
 @functools.lru_cache(maxsize=64)
-def _modules(path):
-    return frozenset(models.module_names(path))
+def _modules(path, trust_remote_code):
+    return lora_targets.inventory_of_dir(path, trust_remote_code)
 
 
 def check_base_model(cfg: dict, variant: str = "default"):
@@ -37,7 +37,7 @@ def check_base_model(cfg: dict, variant: str = "default"):
         model_cfg = tiny_model.planned_config(cfg["tiny_model"])
         for stage in stages:
             models.check_stage_against_model(cfg["stages"][stage], stage, path, model_cfg, f"{prefix}stages.{stage}",
-                                             modules=tiny_model.LLAMA_MODULES)
+                                             modules=tiny_model.planned_inventory())
         return
     if path.startswith(f"{RESULTS}/"):
         return  # another workflow output: checked by the jobs that use it
@@ -57,7 +57,7 @@ def check_base_model(cfg: dict, variant: str = "default"):
     models.check_tokenizer_fits(tok, model_cfg, path)
     for stage in stages:
         models.check_stage_against_model(cfg["stages"][stage], stage, path, model_cfg, f"{prefix}stages.{stage}",
-                                         modules=_modules(str(path)))
+                                         modules=_modules(str(path), bool(spec.get("trust_remote_code"))))
 
 
 def preflight(resolved: dict):

@@ -301,6 +301,11 @@ def _semantic_checks(cfg, where=""):
                 if trunc[k] is None:
                     raise ConfigError(f"{key}.truncation.{k}", "the 'turn' strategy needs max_source_length and "
                                                                "max_target_length")
+    for i, model in enumerate(cfg["evaluation"]["models"] or []):
+        if model != "base" and not (model in STAGES and cfg["stages"][model]["enabled"]):
+            enabled = ["base", *(s for s in STAGE_NAMES if cfg["stages"][s]["enabled"])]
+            raise ConfigError(f"{prefix}evaluation.models[{i}]", f"'{model}' is neither 'base' nor an enabled stage "
+                              f"(models here: {', '.join(enabled)})")
     eval_ds = cfg["evaluation"]["datasets"]
     if eval_ds == [] and cfg["evaluation"]["enabled"]:
         raise ConfigError(f"{prefix}evaluation.datasets", "is empty: list the datasets to evaluate, leave the key out to "

@@ -105,8 +105,28 @@ def merge_adapter(settings: dict, adapter_dir, out_dir) -> dict:
         raise TuneflowError(f"merged model disagrees with adapter inference: max |logit difference| {diff:.3g} > {tol:.3g}")
     with _writing(out_dir) as tmp:
         merged.to("cpu").save_pretrained(tmp)
+        del model, merged, base
         for pattern in ("tokenizer*", "chat_template.jinja", "special_tokens_map.json"):
             for f in adapter_dir.glob(pattern):
                 shutil.copy2(f, tmp / f.name)
+        # What is on disk is what users load: reload it and compare again. This catches what
+        # saving loses, e.g. a trained lm_head of a model whose config ties it to the embeddings
+        # (only one of the two is saved and the other is re-tied on load).
+        saved = models.load_causal_lm({**base_spec, "path": str(tmp)}, tmp).to(device).eval()
+        with torch.no_grad():
+            saved_diff = (adapter_logits - saved(input_ids=ids).logits.float()).abs().max().item()
+        check.update(saved_max_abs_diff=saved_diff, max_abs_diff=max(diff, saved_diff),
+                     tied_embeddings=_tied(saved))
+        if not saved_diff <= tol:
+            raise TuneflowError(f"the merged model as saved disagrees with adapter inference: max |logit difference| "
+                                f"{saved_diff:.3g} > {tol:.3g} after reloading it from disk")
         (tmp / "merge_check.json").write_text(json.dumps(check, indent=2))
     return check
+
+
+def _tied(model) -> bool | None:
+    """Whether the output layer shares the input embeddings' weights (None: the config does not tie)."""
+    if not getattr(model.config.get_text_config(), "tie_word_embeddings", False):
+        return None
+    out, emb = model.get_output_embeddings(), model.get_input_embeddings()
+    return out is not None and out.weight.data_ptr() == emb.weight.data_ptr()

@@ -160,15 +160,14 @@ def torch_dtype(name: str, model_cfg: dict | None = None):
 def load_tokenizer(model_dir, spec: dict, template: str | None = None, key="chat_template"):
     """The model's tokenizer, made ready for chat template `template` (tuneflow.templates: a
     built-in's special tokens added, counted in `tokenizer.tuneflow_added_tokens`)."""
+    from tuneflow.special_tokens import ensure_pad_token
     from tuneflow.templates import prepare_tokenizer
 
     tok = auto_tokenizer(model_dir, bool(spec.get("trust_remote_code")))
     tok.tuneflow_added_tokens = 0
     if template is not None:
         prepare_tokenizer(tok, template, key)
-    if tok.pad_token is None:
-        # Padding never reaches the loss (labels are -100 there); eos is the conventional stand-in.
-        tok.pad_token = tok.eos_token
+    ensure_pad_token(tok)
     return tok
 
 
@@ -310,35 +309,17 @@ def load_causal_lm(spec: dict, model_dir=None, *, rope_scaling: dict | None = No
 
 def check_stage_against_model(st: dict, stage: str, path, model_cfg: dict, key: str, modules=None):
     """A stage's settings against its base model (shared by planning and the training job).
-    `modules`: the model's leaf module names (default: read from its safetensors headers)."""
+    `modules`: the model's lora_targets.Inventory (default: its module tree built on the meta device)."""
+    from tuneflow import lora_targets
+
     if st.get("deepspeed") in ("zero3", "zero3_offload") and model_cfg.get("quantization_config"):
         raise ConfigError(f"{key}.deepspeed", f"the base model at {path} is already quantized; ZeRO-3 cannot "
                           "partition quantized checkpoints: use zero2, or an unquantized base with finetuning: qlora")
     if st["finetuning"] == "full" and model_cfg.get("quantization_config"):
         raise ConfigError(f"{key}.finetuning", f"the base model at {path} is quantized; full fine-tuning needs unquantized weights")
     if st["finetuning"] != "full":
-        present = modules if modules is not None else frozenset(module_names(str(path)))
-        targets = st["lora"]["target_modules"]
-        for i, name in enumerate([] if targets == "all-linear" else targets):
-            if present and name not in present:
-                raise ConfigError(f"{key}.lora.target_modules[{i}]", f"module '{name}' does not exist in {path} "
-                                  f"(its modules: {', '.join(sorted(present))})")
-        for i, name in enumerate(st["lora"]["modules_to_save"]):
-            if present and name not in present:
-                raise ConfigError(f"{key}.lora.modules_to_save[{i}]", f"module '{name}' does not exist in {path}")
+        # A model with its own code (auto_map) got here only with trust_remote_code (check_model_dir).
+        inv = modules if modules is not None else lora_targets.inventory_of_dir(str(path), bool(model_cfg.get("auto_map")))
+        lora_targets.resolve(st["lora"], inv, str(path), f"{key}.lora")
     check_max_length(st["training"]["max_length"], model_cfg, f"{key}.training.max_length",
                      st["training"].get("rope_scaling"))
-
-
-def module_names(model_dir) -> set[str]:
-    """Leaf module names (q_proj, ...) from the safetensors headers, without loading weights."""
-    from safetensors import safe_open
-
-    names = set()
-    for f in sorted(Path(model_dir).glob("*.safetensors")):
-        with safe_open(str(f), "pt") as st:
-            for k in st.keys():
-                parts = k.split(".")
-                if len(parts) >= 2 and parts[-1] in ("weight", "bias", "qweight", "scales"):
-                    names.add(parts[-2])
-    return names

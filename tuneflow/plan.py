@@ -195,7 +195,8 @@ class Plan:
     # -- evaluation -----------------------------------------------------------------------------
 
     def eval_models(self, variant):
-        return ["base"] + self.stages(variant)
+        chosen = self.vcfg(variant)["evaluation"]["models"]
+        return [m for m in ["base"] + self.stages(variant) if chosen is None or m in chosen]
 
     def eval_datasets(self, variant):
         v = self.vcfg(variant)

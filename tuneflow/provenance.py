@@ -1,4 +1,4 @@
-"""What a result was made with: package versions, the machine, the code's git commit."""
+"""What a result was made with: package versions, the machine, the code's git commit, peak memory."""
 
 from __future__ import annotations
 
@@ -33,6 +33,13 @@ def hardware() -> dict:
     if torch.cuda.is_available():
         info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     return info
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far (Linux reports ru_maxrss in KiB)."""
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def _git(*args, cwd=None):

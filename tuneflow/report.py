@@ -100,6 +100,7 @@ def build_bundle(summary_path, eval_jobs, trained, configs, repo_dir, title="tun
         for d in info.get("data", []):
             data_seen[d["dataset"]] = {"dataset": d["dataset"], "files": d["sources"],
                                        "kept": d["counts"]["kept"], "dropped": d["counts"]["dropped"]}
+    examples = _examples(trained)
     promptcblue = []
     for variant, model, dataset, path in eval_jobs:
         res = read_json(path)
@@ -115,12 +116,30 @@ def build_bundle(summary_path, eval_jobs, trained, configs, repo_dir, title="tun
         "training": training,
         "tokenization": tokenization_rows(tokenized),
         "promptcblue": promptcblue,
+        "examples": examples,
         "configs": configs,
         "provenance": {**git_state(repo_dir),
                        "packages": merge_per_stage(packages) if packages else versions(),
                        "hardware": merge_per_stage(hardware), "data": list(data_seen.values()),
                        "wall_time": wall},
     }
+
+
+def _examples(trained) -> list:
+    """The first training row of each tokenized dataset a stage trained on (example.json, written by
+    the tokenize rule: tuneflow.show_example), once per tokenized directory."""
+    out, seen = [], set()
+    for variant, stage, adapter_dir in trained:
+        info = read_json(Path(adapter_dir) / "train_info.json")
+        for d in info.get("tokenized") or []:
+            path = Path(d) / "example.json"
+            if d in seen or not path.is_file():
+                continue
+            seen.add(d)
+            meta = read_json(Path(d) / "meta.json")
+            out.append({"variant": variant, "stage": stage, "dataset": Path(meta.get("source", d)).name,
+                        "dir": d, "template": meta.get("settings", {}).get("chat_template"), **read_json(path)})
+    return out
 
 
 # --------------------------------------------------------------------------- small pure helpers
@@ -729,6 +748,29 @@ def _promptcblue_section(bundle) -> str:
     return _section("promptcblue", "PromptCBLUE per task", body)
 
 
+def _examples_section(bundle) -> str:
+    entries = [e for e in _list(bundle.get("examples")) if isinstance(e, dict)]
+    title = "What the model sees"
+    if not entries:
+        return _section("examples", title, _none("none (no tokenized training data recorded)"))
+    body = ['<p class="hint">The first training row of each dataset as the model gets it (after the chat '
+            'template and tokenization); <mark>highlighted</mark> text carries loss. '
+            '<code>python scripts/show_example.py</code> prints the same in a terminal.</p>']
+    for e in entries:
+        head = (f"{e.get('dataset')} · stage {e.get('stage')}"
+                + (f" · variant {e.get('variant')}" if e.get("variant") != DEFAULT_VARIANT else "")
+                + (f" · template {e.get('template')}" if e.get("template") else ""))
+        parts = []
+        for name, seq in _dict(e.get("sequences")).items():
+            seq = _dict(seq)
+            text = "".join(f"<mark>{esc(p[0])}</mark>" if p[1] else esc(p[0])
+                           for p in _list(seq.get("pieces")) if isinstance(p, list) and len(p) == 2)
+            parts.append(f'<div class="hint">{esc(name)}: {fmt_num(seq.get("tokens"))} tokens, '
+                         f'{fmt_num(seq.get("label_tokens"))} carry loss</div><pre class="example">{text}</pre>')
+        body.append(f"<h3>{esc(head)}</h3>" + "".join(parts))
+    return _section("examples", title, "".join(body))
+
+
 def _config_section(bundle) -> str:
     configs = _dict(bundle.get("configs"))
     if not configs:
@@ -864,6 +906,9 @@ svg .axis{stroke:#8a94a3;stroke-width:1} svg text{font-family:inherit;fill:var(-
 svg .tick{font-size:11px;fill:var(--muted)} svg .alabel{font-size:12px;fill:var(--muted)}
 svg .ctitle{font-size:13px;font-weight:600} svg .legend{font-size:11.5px}
 details{margin:8px 0} summary{cursor:pointer;color:var(--accent)}
+pre.example{white-space:pre-wrap;word-break:break-all;background:var(--zebra);border:1px solid var(--line);
+ border-radius:6px;padding:8px 10px;font-size:.85em;max-height:24em;overflow:auto}
+pre.example mark{background:var(--good);color:var(--goodfg)}
 footer{margin-top:40px;color:var(--muted);font-size:.85em}
 @media print{thead th{position:static} nav{display:none}}
 """
@@ -908,7 +953,7 @@ def _header(bundle, colors) -> str:
                 f'<div class="card"><div class="k">{esc(k)}</div><div class="v">{esc(v)}</div></div>'
                 for k, v in cards) + "</div>"
             '<nav><a href="#summary">Summary</a><a href="#training">Training curves</a><a href="#data">Data</a>'
-            '<a href="#promptcblue">PromptCBLUE</a><a href="#configs">Config diff</a>'
+            '<a href="#promptcblue">PromptCBLUE</a><a href="#examples">Examples</a><a href="#configs">Config diff</a>'
             '<a href="#provenance">Provenance</a></nav></header>')
 
 
@@ -930,6 +975,7 @@ def render_html(bundle: dict) -> str:
         _training_section(bundle, colors),
         _tokenization_section(bundle),
         _promptcblue_section(bundle),
+        _examples_section(bundle),
         _config_section(bundle),
         _provenance_section(bundle),
         "<footer>Self-contained page written by tuneflow.report; no network resources.</footer>",

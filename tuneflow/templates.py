@@ -25,6 +25,10 @@ template says how its pieces are encoded:
 Special-token strings inside dataset text (a user typing "</s>" or "<|im_end|>") are tokenized as
 plain text for the roles in `template.escape_special_tokens` (default: system and user): only the
 template's own text produces control tokens.
+
+For the tokenizer's own template, each assistant turn is trained up to and including its
+end-of-turn marker (`end_of_turn`: the last trained token of every answer and a stop token when
+generating); the separator after it is in the row but never trained.
 """
 
 from __future__ import annotations
@@ -187,7 +191,33 @@ def embedding_rows(tokenizer, name: str, vocab_size: int) -> int:
     return -(-len(tokenizer) // multiple) * multiple
 
 
+PROBE = [{"role": "user", "content": "Q7x"}, {"role": "assistant", "content": "A7x"}]
+
+
+def end_of_turn(tokenizer) -> str:
+    """The text the installed template closes an assistant turn with (`<|im_end|>`, `<|eot_id|>`,
+    ` </s>`...), found by rendering a probe conversation; what follows it (a newline before the next
+    turn) is a separator, not part of the turn."""
+    return _end_of_turn(tokenizer, tokenizer.chat_template)
+
+
+@functools.lru_cache(maxsize=16)
+def _end_of_turn(tokenizer, template: str) -> str:
+    text = render(tokenizer, PROBE)
+    after = text[text.rindex(PROBE[1]["content"]) + len(PROBE[1]["content"]):].rstrip()
+    if not after:
+        raise ModelError(f"the chat template of {getattr(tokenizer, 'name_or_path', '?')} ends an assistant turn with "
+                         "nothing: a model trained with it cannot learn where its answer ends (end-of-turn token)")
+    ids = tokenizer(after.strip(), add_special_tokens=False)["input_ids"]
+    if len(ids) != 1:
+        raise ModelError(f"the chat template ends an assistant turn with {after.strip()!r}, which the tokenizer of "
+                         f"{getattr(tokenizer, 'name_or_path', '?')} splits into {len(ids)} tokens: the model cannot "
+                         "learn to stop on one end-of-turn token; use a template built for this tokenizer")
+    return after
+
+
 def stop_token_ids(tokenizer) -> list[int]:
+    """EOS, the installed template's end-of-turn token and the usual end-of-turn tokens."""
     ids = set()
     if tokenizer.eos_token_id is not None:
         ids.add(tokenizer.eos_token_id)
@@ -195,6 +225,8 @@ def stop_token_ids(tokenizer) -> list[int]:
     for tok in END_OF_TURN:
         if tok in vocab:
             ids.add(vocab[tok])
+    if getattr(tokenizer, "chat_template", None):
+        ids.update(tokenizer(end_of_turn(tokenizer).strip(), add_special_tokens=False)["input_ids"])
     return sorted(ids)
 
 
@@ -360,36 +392,45 @@ def encode_parts(tokenizer, parts: list[Part], escape: frozenset, offsets: bool 
 class Encoded:
     """A tokenized conversation: per turn the ids of its source (prompt) and target (answer)."""
     turns: list[tuple[list[int], list[int]]]
+    tail: list[int] = field(default_factory=list)  # after the last answer (a Jinja template's closing newline): never trained
 
     @property
     def input_ids(self) -> list[int]:
-        return [t for s, g in self.turns for t in s + g]
+        return [t for s, g in self.turns for t in s + g] + self.tail
 
 
 def _jinja_turns(tokenizer, messages, open_end: bool) -> list[Turn]:
-    """The tokenizer's own Jinja template as turns of one joined text: each assistant turn runs
-    from the end of the generation prompt before it to the end of the turn as rendered."""
+    """The tokenizer's own Jinja template as turns of one joined text. Each assistant turn runs from
+    the end of the generation prompt before it (so what is trained follows exactly what is asked at
+    inference) to the end of its end-of-turn marker. A template may render earlier turns differently
+    from the last one: Qwen3's own puts an empty <think></think> block before the last answer only,
+    and it is part of that answer, as the model generates it after "<|im_start|>assistant\n". The
+    text after the last answer (a closing newline) is returned as a last turn with no target."""
     text = render(tokenizer, messages, open_end)
+    marker = end_of_turn(tokenizer) if any(m["role"] == "assistant" for m in messages) else ""
     cuts = []
     for i, m in enumerate(messages):
         if m["role"] != "assistant":
             continue
-        prefix, upto = render(tokenizer, messages[:i], True), render(tokenizer, messages[: i + 1], False)
-        if not text.startswith(prefix) or not text.startswith(upto):
-            raise ModelError("the chat template renders a conversation differently when more turns follow, so the "
-                             "prompt tokens cannot be masked; use a built-in chat_template or set mask_prompt: false")
-        cuts.append((len(prefix), len(upto)))
+        prefix = render(tokenizer, messages[:i], True)
+        if not text.startswith(prefix):
+            raise ModelError("the chat template renders the conversation before an answer differently from the "
+                             "generation prompt it gives at inference, so what would be trained is not what the model "
+                             "is asked; use a built-in chat_template")
+        content = m["content"].strip()
+        at = text.find(content, len(prefix)) if content else len(prefix)
+        end = text.find(marker, at + len(content)) if at >= 0 else -1
+        if end < 0:
+            raise ModelError(f"the chat template does not render assistant turn {i} as its content followed by "
+                             f"{marker!r}; use a built-in chat_template or set mask_prompt: false")
+        cuts.append((len(prefix), end + len(marker)))
     roles = _content_roles(text, messages)
     turns, pos = [], 0
     for a, b in cuts:
         turns.append(Turn([_role_parts(text, pos, a, roles)], [_role_parts(text, a, b, roles)]))
         pos = b
     if pos < len(text) or not turns:
-        tail = [_role_parts(text, pos, len(text), roles)] if pos < len(text) else []
-        if open_end or not turns:
-            turns.append(Turn(tail, []))
-        else:  # text after the last answer (e.g. a closing newline) belongs to it
-            turns[-1].target.extend(tail)
+        turns.append(Turn([_role_parts(text, pos, len(text), roles)] if pos < len(text) else [], []))
     return turns
 
 
@@ -426,10 +467,11 @@ def encode(tokenizer, messages, settings: Settings, *, open_end: bool = False) -
         turns, joined = _jinja_turns(tokenizer, messages, open_end), True
     else:
         turns, joined = conversation_turns(tokenizer, messages, settings, open_end=open_end), BUILTIN[settings.name].joined
+    has_tail = not open_end and len(turns) > 1 and not turns[-1].target
     if not joined:
         out = [([t for call in turn.source for t in encode_parts(tokenizer, call, settings.escape)],
                 [t for call in turn.target for t in encode_parts(tokenizer, call, settings.escape)]) for turn in turns]
-        return Encoded(_no_double_bos(tokenizer, out))
+        return _encoded(tokenizer, out, has_tail)
     # Joined: one text, one tokenizer call; a token belongs to the turn part its first character
     # is in, and is trained only when it lies wholly inside the answer.
     parts, bounds = [], []
@@ -451,7 +493,13 @@ def encode(tokenizer, messages, settings: Settings, *, open_end: bool = False) -
             out[k + 1][0].append(tok)
         else:
             out[k][0 if side == "s" else 1].append(tok)
-    return Encoded(_no_double_bos(tokenizer, out))
+    return _encoded(tokenizer, out, has_tail)
+
+
+def _encoded(tokenizer, turns, has_tail: bool) -> Encoded:
+    turns = _no_double_bos(tokenizer, turns)
+    tail = turns.pop()[0] if has_tail else []
+    return Encoded(turns, tail)
 
 
 def _no_double_bos(tokenizer, turns):

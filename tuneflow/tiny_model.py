@@ -21,10 +21,19 @@ CHATML_JINJA = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>"]
-# Leaf module names of LlamaForCausalLM (tests/test_tiny_model.py checks them against a built model):
-# the config is checked against them when Snakemake plans, before the model exists.
-LLAMA_MODULES = frozenset({"embed_tokens", "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
-                           "input_layernorm", "post_attention_layernorm", "norm", "lm_head"})
+# Leaf modules of LlamaForCausalLM and what LoRA sees in them (tests/test_tiny_model.py checks them
+# against a built model): the config is checked against them when Snakemake plans, before the model
+# exists.
+LLAMA_MODULES = {"embed_tokens": "embedding", **dict.fromkeys(("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                 "up_proj", "down_proj"), "linear"), "lm_head": "output layer",
+                 **dict.fromkeys(("input_layernorm", "post_attention_layernorm", "norm"), "other")}
+
+
+def planned_inventory():
+    """The tiny model's module inventory (tuneflow.lora_targets) before it is built."""
+    from tuneflow.lora_targets import Inventory
+
+    return Inventory.from_leaf_kinds(LLAMA_MODULES)
 
 
 def planned_config(settings: dict) -> dict:

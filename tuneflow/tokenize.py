@@ -1,8 +1,10 @@
 """Tokenize converted data once per (kind of rows, tokenizer, template settings, lengths) and cache it.
 
-Output directory: train/ and validation/ (Hugging Face `datasets` saved to disk) + meta.json.
-  pt:  {"input_ids"}  documents (BOS / EOS around each as the PT stage says) joined and cut into
-       blocks of exactly max_length tokens
+Output directory: train/ and validation/ (Hugging Face `datasets` saved to disk) + meta.json +
+example.json (the first training row with its loss-carrying tokens marked: tuneflow.show_example).
+  pt:  {"input_ids"}  documents (BOS / EOS around each as the PT stage says; the end is the
+       document-end token, special_tokens.document_end_id) joined and cut into blocks of exactly
+       max_length tokens
   sft: {"input_ids", "labels"}  the chat template's rows (tuneflow.templates): labels are -100
        outside the answers when mask_prompt is on; cut to length as `truncation` says
   dpo: {"prompt_ids", "chosen_ids", "rejected_ids"}  as TRL's DPOTrainer builds them
@@ -24,6 +26,8 @@ from pathlib import Path
 from tuneflow import templates
 from tuneflow.errors import TuneflowError
 from tuneflow.io import atomic_dir, read_jsonl, verify_dir
+from tuneflow.show_example import example
+from tuneflow.special_tokens import document_end_id
 
 IGNORE = templates.IGNORE
 MAX_EXAMPLES = 5
@@ -127,6 +131,8 @@ def sft_row(tokenizer, messages, settings: dict, special_ids=None):
     for s, t in turns:
         ids += s + t
         labels += ([IGNORE] * len(s) if mask else list(s)) + list(t)
+    if not cut and len(ids) + len(enc.tail) <= settings["max_length"]:
+        ids, labels = ids + enc.tail, labels + [IGNORE] * len(enc.tail)
     if not any(x != IGNORE for x in labels):
         return None, cut
     return (ids, labels), cut
@@ -155,7 +161,7 @@ def pt_document_ids(tokenizer, texts, settings: dict) -> list[list[int]]:
     """Each document's ids: BOS first when the PT stage's bos_per_document says so (and the
     tokenizer has one), EOS last when eos_per_document does."""
     bos = [tokenizer.bos_token_id] if settings.get("bos_per_document") and tokenizer.bos_token_id is not None else []
-    eos = [tokenizer.eos_token_id] if settings.get("eos_per_document", True) else []
+    eos = [document_end_id(tokenizer)] if settings.get("eos_per_document", True) else []
     texts = list(texts)
     return [bos + ids + eos for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
 
@@ -263,6 +269,9 @@ def tokenize_dataset(data_dir, tokenizer, settings: dict, out_dir) -> dict:
                 meta["warnings"].append(warning)
             Dataset.from_dict({c: [r[c] for r in rows] for c in COLUMNS[kind]}, features=features).save_to_disk(str(tmp / split))
             meta["splits"][split] = {**stats, "rows": len(rows)}
+            if split == "train" and rows:  # what the model sees, for scripts/show_example.py and the report
+                with open(tmp / "example.json", "w", encoding="utf-8") as f:
+                    json.dump(example(tokenizer, rows[0], kind), f, indent=1, ensure_ascii=False)
         with open(tmp / "meta.json", "w", encoding="utf-8") as f:
             json.dump(meta, f, indent=2, ensure_ascii=False)
     return meta

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import sys
 import time
 from pathlib import Path
@@ -90,15 +91,19 @@ def completion_row(prompt_ids, completion_ids):
     return prompt_ids + completion_ids, [-100] * len(prompt_ids) + list(completion_ids)
 
 
+# A reasoning block the model writes before its answer (Qwen3: "<think>\n\n</think>\n\n") is not
+# part of the answer scored against the reference.
+THINK_BLOCK = re.compile(r"^\s*<think>.*?</think>\s*", re.S)
+
+
 def generate(model, tokenizer, prompts, settings, device):
-    """Greedy (or sampled) answers to `prompts` (token ids: tuneflow.templates.prompt_ids, the
-    trained rows up to the answer), left-padded into batches."""
+    """Answers to `prompts` (token ids: tuneflow.templates.prompt_ids, the trained rows up to the
+    answer), left-padded into batches; generation stops at EOS or the template's end-of-turn token."""
     import torch
 
     from tuneflow.templates import stop_token_ids
 
-    stops = stop_token_ids(tokenizer)
-    pad = tokenizer.pad_token_id
+    stops, pad = stop_token_ids(tokenizer), tokenizer.pad_token_id
     results = []
     for batch in _batches(prompts, settings["batch_size"]):
         width = max(len(p) for p in batch)
@@ -110,9 +115,9 @@ def generate(model, tokenizer, prompts, settings, device):
                                  temperature=settings["temperature"] if settings["do_sample"] else None,
                                  top_p=None, top_k=None, eos_token_id=stops, pad_token_id=pad, use_cache=True)
         for row in out[:, width:]:
-            ids_out = row.tolist()
-            cut = next((i for i, t in enumerate(ids_out) if t in stops), len(ids_out))
-            results.append(tokenizer.decode(ids_out[:cut], skip_special_tokens=True).strip())
+            new = row.tolist()
+            cut = next((i for i, t in enumerate(new) if t in stops), len(new))
+            results.append(THINK_BLOCK.sub("", tokenizer.decode(new[:cut], skip_special_tokens=True)).strip())
     return results
 
 
@@ -218,6 +223,7 @@ def evaluate(settings: dict, data_dirs: dict, out_dir):
 
     from tuneflow import models
     from tuneflow.io import atomic_dir, verify_dir
+    from tuneflow.provenance import peak_rss_mb
 
     distributed.die_with_launcher()
     if distributed.local_rank() == 0:  # every file as its rule wrote it
@@ -236,7 +242,7 @@ def evaluate(settings: dict, data_dirs: dict, out_dir):
     for name, fmt in settings["datasets"].items():
         res, preds = evaluate_dataset(model, tokenizer, ref_model, settings, name, fmt, data_dirs[name], rank, world, device)
         if rank == 0:
-            res.update({"model_dir": str(model_dir), "world_size": world})
+            res.update({"model_dir": str(model_dir), "world_size": world, "peak_rss_mb": peak_rss_mb()})
             results[name] = (res, preds)
             print(f"[tuneflow] {name}: {json.dumps(res['metrics'])}", file=sys.stderr, flush=True)
     if rank == 0:

@@ -15,7 +15,7 @@ from pathlib import Path
 from tuneflow.distributed import barrier, is_main, log, world_size
 from tuneflow.errors import TuneflowError
 from tuneflow.io import follow_umask, storage_error, write_dir_manifest
-from tuneflow.provenance import hardware, versions
+from tuneflow.provenance import hardware, peak_rss_mb, versions
 from tuneflow.train.checkpoints import resume_note
 from tuneflow.train.divergence import NONFINITE_KEY, check_finite_weights
 
@@ -140,7 +140,8 @@ def _write_outputs(trainer, run, ckpt, extra_info, staging: Path, out: Path):
             # embedding rows trained with (a chat template's added tokens): merge resizes the base to it
             "vocab_size": trainer.model.config.get_text_config().vocab_size,
             "settings": settings, "effective": effective_setup(trainer), "data": _data_provenance(args.data_manifests),
-            "versions": versions(), "hardware": hardware(),
+            "versions": versions(), "hardware": hardware(), **run.recorded,
+            "peak_rss_mb": peak_rss_mb(),
             **extra_info,
         }
         with open(staging / "train_info.json", "w", encoding="utf-8") as f:

@@ -7,9 +7,9 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from tuneflow import distributed, hardware, models
+from tuneflow import distributed, hardware, lora_targets, models, special_tokens
 from tuneflow.deepspeed_config import deepspeed_config_path
 from tuneflow.errors import ConfigError
 from tuneflow.io import verify_dir
@@ -28,6 +28,7 @@ class StageRun:
     train_dataset: object
     eval_dataset: object      # None when no dataset has a validation split
     started: float
+    recorded: dict = field(default_factory=dict)  # decisions taken on the way, for train_info.json
 
     @property
     def template(self) -> str | None:
@@ -88,7 +89,10 @@ def prepare(stage: str, argv=None, description="") -> StageRun:
         return concatenate_datasets(parts) if parts else None
 
     train_dataset, eval_dataset = rows("train"), rows("validation")
-    return StageRun(stage, args, settings, base_dir, model_cfg, tokenizer, train_dataset, eval_dataset, started)
+    run = StageRun(stage, args, settings, base_dir, model_cfg, tokenizer, train_dataset, eval_dataset, started)
+    run.recorded["special_tokens"] = special_tokens.describe(tokenizer)
+    run.recorded["tokenized"] = list(args.data)
+    return run
 
 
 def precision_flags(precision: str) -> dict:
@@ -151,26 +155,37 @@ def trainer_kwargs(run: StageRun) -> dict:
     return kw
 
 
-def lora_config(settings: dict, task_type: str = "CAUSAL_LM"):
-    """peft's LoraConfig from `stages.<stage>.lora`; None for full fine-tuning."""
+def lora_config(settings: dict, model, where: str, task_type: str = "CAUSAL_LM"):
+    """peft's LoraConfig from `stages.<stage>.lora` for `model` (None for full fine-tuning) and
+    what it targets (tuneflow.lora_targets: all-linear without the output layer and MoE routers).
+    A tied model whose embeddings are trained keeps them tied (peft's ensure_weight_tying), so the
+    merged model is saved tied and means what was trained."""
     if settings["finetuning"] == "full":
-        return None
+        return None, None
     from peft import LoraConfig
 
     lora = settings["lora"]
-    return LoraConfig(
-        r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"], target_modules=lora["target_modules"],
-        modules_to_save=lora["modules_to_save"] or None, use_rslora=lora["use_rslora"], use_dora=lora["use_dora"],
-        task_type=task_type, bias="none")
+    inv = lora_targets.inventory(model)
+    targets = lora_targets.resolve(lora, inv, where, f"stages.{settings['stage']}.lora")
+    tie = inv.tied_embeddings and lora_targets.embeddings_adapted(lora, targets, inv)
+    config = LoraConfig(
+        r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"], target_modules=targets["target_modules"],
+        target_parameters=targets["target_parameters"] or None, modules_to_save=lora["modules_to_save"] or None,
+        use_rslora=lora["use_rslora"], use_dora=lora["use_dora"], task_type=task_type, bias="none",
+        ensure_weight_tying=tie)
+    return config, {**targets, "tied_embeddings": inv.tied_embeddings, "ensure_weight_tying": tie}
 
 
 def trainer_inputs(run: StageRun, ckpt, peft_task_type: str = "CAUSAL_LM") -> dict:
     """The keyword arguments every TRL trainer of a stage takes besides its config: the model
     (loaded now, after the trainer's arguments exist), data, tokenizer, LoRA config and the
     checkpoint callbacks (`ckpt`: checkpoints.Checkpointing)."""
-    return {"model": load_model(run), "train_dataset": run.train_dataset, "eval_dataset": run.eval_dataset,
-            "processing_class": run.tokenizer, "peft_config": lora_config(run.settings, peft_task_type),
-            "callbacks": ckpt.callbacks}
+    model = load_model(run)
+    peft_config, targets = lora_config(run.settings, model, run.base_dir, peft_task_type)
+    if targets:
+        run.recorded["lora_targets"] = targets
+    return {"model": model, "train_dataset": run.train_dataset, "eval_dataset": run.eval_dataset,
+            "processing_class": run.tokenizer, "peft_config": peft_config, "callbacks": ckpt.callbacks}
 
 
 def load_model(run: StageRun):

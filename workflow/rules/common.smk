@@ -113,8 +113,8 @@ def train_inputs(stage):
             "converted": PLAN.converted_dirs(v, stage),
             "base": model_inputs(PLAN.stage_base_spec(v, stage)),
             "code": code("tuneflow/launch.py", "tuneflow/distributed.py", "tuneflow/hardware.py", "tuneflow/models.py",
-                         "tuneflow/train/setup.py", "tuneflow/train/checkpoints.py", "tuneflow/train/outputs.py",
-                         STAGES[stage].recipe_file),
+                         "tuneflow/lora_targets.py", "tuneflow/special_tokens.py", "tuneflow/train/setup.py",
+                         "tuneflow/train/checkpoints.py", "tuneflow/train/outputs.py", STAGES[stage].recipe_file),
             # editing the DeepSpeed JSON the stage uses reruns it
             "deepspeed": [os.path.relpath(deepspeed)] if deepspeed else [],
         }
@@ -175,7 +175,7 @@ def eval_inputs(w):
         "data": [f"results/data/{d}" for d in s["datasets"]],
         "model": model_inputs(s["model"]),
         "code": code("tuneflow/eval/evaluate.py", "tuneflow/eval/text_metrics.py", "tuneflow/eval/promptcblue.py",
-                     "tuneflow/templates.py", "tuneflow/models.py"),
+                     "tuneflow/templates.py", "tuneflow/tokenize.py", "tuneflow/special_tokens.py", "tuneflow/models.py"),
     }
     if s.get("reference"):
         inputs["reference"] = model_inputs(s["reference"])

@@ -25,7 +25,7 @@ rule tokenize:
         script=src("scripts/tokenize_data.py"),
         data="results/data/{dataset}",
         tokenizer=lambda w: tokenizer_inputs(TOKENIZE[w.key]["model"]),
-        code=code("tuneflow/tokenize.py", "tuneflow/templates.py"),
+        code=code("tuneflow/tokenize.py", "tuneflow/templates.py", "tuneflow/special_tokens.py", "tuneflow/show_example.py"),
     params:
         settings=lambda w: jsonarg(TOKENIZE[w.key]),
     log:

@@ -14,6 +14,7 @@ CONV = [{"role": "user", "content": "2 + 3"}, {"role": "assistant", "content": "
 
 
 def tokenized(tmp_path, tokenizer_dir, kind="sft", records=None, template="tokenizer"):
+    from tuneflow.io import write_dir_manifest
     from tuneflow.models import load_tokenizer
     from tuneflow.tokenize import tokenize_dataset
 
@@ -23,6 +24,7 @@ def tokenized(tmp_path, tokenizer_dir, kind="sft", records=None, template="token
         with open(data / f"{split}.jsonl", "w", encoding="utf-8") as f:
             for r in records or [{"id": "a", "messages": CONV}]:
                 f.write(json.dumps(r) + "\n")
+    write_dir_manifest(data, "convert")
     settings = {"kind": kind, "model": {"path": str(tokenizer_dir)}, "max_length": 64, "mask_prompt": True,
                 **({"chat_template": template} if template else {})}
     out = tmp_path / "results" / "tokenized" / "ds" / f"{kind}-0123456789"

@@ -132,7 +132,7 @@ def sft_row(tokenizer, messages, settings: dict, special_ids=None):
         ids += s + t
         labels += ([IGNORE] * len(s) if mask else list(s)) + list(t)
     if not cut and len(ids) + len(enc.tail) <= settings["max_length"]:
-        ids, labels = ids + enc.tail, labels + [IGNORE] * len(enc.tail)
+        ids, labels = ids + enc.tail, labels + ([IGNORE] * len(enc.tail) if mask else list(enc.tail))
     if not any(x != IGNORE for x in labels):
         return None, cut
     return (ids, labels), cut

@@ -129,6 +129,15 @@ def resources_from(block_of):
     return {k: get(k, d) for k, d in RESOURCE_KEYS.items()}
 
 
+def data_resources():
+    """convert / tokenize: data.resources (CPUs, memory, minutes), one task on one node, no GPU."""
+    return rule_resources(RESOLVED["data"]["resources"], gpu_rule=False)
+
+
+def data_threads():
+    return RESOLVED["data"]["resources"]["cpus_per_task"]
+
+
 def train_resources(stage):
     return resources_from(lambda w: PLAN.stage_resources(variant(w), stage))
 

@@ -51,14 +51,15 @@ def peak_rss_mb(cmd, tmp_path) -> float:
 
 
 def write_corpus(path: Path, mb: float, kind: str):
-    """Unique records built from the demo's text: PT lines, or an Alpaca JSON array."""
+    """Unique records of about 1.4 kB (as the issue's Alpaca text) built from the demo's text: PT
+    lines, or an Alpaca JSON array."""
     lines = [x for x in (DEMO / "pt_text.txt").read_text(encoding="utf-8").splitlines() if x.strip()]
     size, i = 0, 0
     with open(path, "w", encoding="utf-8") as f:
         if kind == "array":
             f.write("[\n")
         while size < mb * 1e6:
-            text = f"{i} " + " ".join(lines[(i * 7 + k) % len(lines)] for k in range(6))
+            text = f"{i} " + " ".join(lines[(i * 7 + k) % len(lines)] for k in range(60))
             chunk = text + "\n" if kind == "text" else ("" if i == 0 else ",\n") + json.dumps(
                 {"instruction": text[:80], "input": "", "output": text}, ensure_ascii=False, indent=2)
             f.write(chunk)

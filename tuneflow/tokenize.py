@@ -32,7 +32,7 @@ from tuneflow.templates import assistant_spans, render
 
 IGNORE = -100
 BATCH_RECORDS = 1000
-BATCH_BYTES = 8 << 20
+BATCH_BYTES = 1 << 20  # of JSON in: the token lists of a batch take some 30 times that
 MAX_SHARD_BYTES = 500 << 20  # as Dataset.save_to_disk's default max_shard_size
 
 

@@ -26,7 +26,7 @@ from tuneflow.errors import DataError
 DATA_SUFFIXES = (".json", ".jsonl", ".txt", ".json.gz", ".jsonl.gz", ".txt.gz")
 LINE_SPLIT = re.compile(r"\r\n|\r|\n")
 BOM = "\ufeff"
-CHUNK_CHARS = 1 << 20  # how much of a JSON array is read at a time
+CHUNK_CHARS = 1 << 18  # how much of a JSON array is read at a time
 WHITESPACE = " \t\n\r"
 
 

@@ -97,6 +97,26 @@ def test_convert_and_tokenize_memory_does_not_grow_with_the_corpus(tmp_path, tin
     assert all(growth[job] < (large - small) / 4 for job, (small, large) in sizes.items()), (peaks, growth)
 
 
+def test_dedupe_remembers_16_bytes_a_record_and_finds_every_duplicate(monkeypatch):
+    """The log-structured set of content digests (flushed every 7 here) against a plain set."""
+    import hashlib
+
+    from tuneflow.data import seen
+
+    monkeypatch.setattr(seen, "FLUSH_AT", 7)
+    rng = random.Random(0)
+    digests = [hashlib.blake2b(str(rng.randrange(300)).encode(), digest_size=16).digest() for _ in range(3000)]
+    ours, plain, decisions = seen.SeenDigests(), set(), []
+    for start in range(0, len(digests), 25):  # batches, as convert looks them up
+        batch = digests[start:start + 25]
+        for d, flushed in zip(batch, ours.in_levels(batch)):
+            decisions.append((ours.add_if_new(d, flushed), d not in plain))
+            plain.add(d)
+        ours.flush_if_full()
+    assert all(a == b for a, b in decisions) and len(ours) == len(plain) == 300
+    assert len(ours.levels) > 1 and all(level.dtype.itemsize == 16 for level in ours.levels)
+
+
 # -- JSON arrays and lines, streamed: what the whole-file reading gave --------------------------------
 
 

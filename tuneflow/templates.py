@@ -78,23 +78,26 @@ def apply_chat_template_setting(tokenizer, name: str, where: str = "chat_templat
     return tokenizer
 
 
-def render(tokenizer, messages, add_generation_prompt=False) -> str:
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+def render(tokenizer, messages, add_generation_prompt=False, tools=None) -> str:
+    """`tools`: the functions a conversation with tool calls offers (see supports_tools)."""
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt,
+                                         tools=tools)
 
 
-def assistant_spans(tokenizer, messages) -> tuple[str, list[tuple[int, int]]]:
+def assistant_spans(tokenizer, messages, tools=None) -> tuple[str, list[tuple[int, int]]]:
     """Render `messages`; return the text and the character spans of every assistant turn.
 
     A span runs from the end of the generation prompt before the turn to the end of the turn as
-    rendered (end-of-turn marker included).
+    rendered (end-of-turn marker included). Assistant turns that call tools are trained too; tool
+    results are not.
     """
-    text = render(tokenizer, messages)
+    text = render(tokenizer, messages, tools=tools)
     spans = []
     for i, m in enumerate(messages):
         if m["role"] != "assistant":
             continue
-        prefix = render(tokenizer, messages[:i], add_generation_prompt=True)
-        upto = render(tokenizer, messages[: i + 1])
+        prefix = render(tokenizer, messages[:i], add_generation_prompt=True, tools=tools)
+        upto = render(tokenizer, messages[: i + 1], tools=tools)
         if not text.startswith(prefix) or not text.startswith(upto):
             raise ModelError("the chat template renders a conversation differently when more turns follow, so the "
                              "prompt tokens cannot be masked; use a built-in chat_template or set mask_prompt: false")
@@ -111,3 +114,12 @@ def stop_token_ids(tokenizer) -> list[int]:
         if tok in vocab:
             ids.add(vocab[tok])
     return sorted(ids)
+
+
+def supports_tools(tokenizer) -> bool:
+    """Whether the chat template renders tool definitions (`tools`) and calls (`tool_calls`): the
+    tokenizer's own templates of tool-calling models do (Qwen3, ...); the built-in ones do not."""
+    template = getattr(tokenizer, "chat_template", None) or ""
+    if isinstance(template, dict):  # named templates, e.g. {"default": ..., "tool_use": ...}
+        template = "".join(template.values())
+    return "tools" in template and "tool_calls" in template

@@ -24,11 +24,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from tuneflow.errors import TuneflowError
+from tuneflow.errors import ModelError, TuneflowError
 from tuneflow.io import atomic_dir
 from tuneflow.parallel import OrderedPool
 from tuneflow.progress import PROGRESS_SECONDS, Progress
-from tuneflow.templates import assistant_spans, render
+from tuneflow.templates import assistant_spans, render, supports_tools
 
 IGNORE = -100
 BATCH_RECORDS = 1000
@@ -54,9 +54,9 @@ def tokenize_sft(records, tokenizer, max_length, mask_prompt=True, batch=512):
         texts, all_spans = [], []
         for r in chunk:
             if mask_prompt:
-                text, spans = assistant_spans(tokenizer, r["messages"])
+                text, spans = assistant_spans(tokenizer, r["messages"], tools=r.get("tools"))
             else:
-                text, spans = render(tokenizer, r["messages"]), None
+                text, spans = render(tokenizer, r["messages"], tools=r.get("tools")), None
             texts.append(text)
             all_spans.append(spans)
         enc = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=mask_prompt)
@@ -137,15 +137,38 @@ def _common_prefix(a, b):
     return n
 
 
+def _assistant(response):
+    """A preference response as a message: text, or an assistant message that calls tools."""
+    return response if isinstance(response, dict) else {"role": "assistant", "content": response}
+
+
+def uses_tools(record) -> bool:
+    messages = record.get("messages") or []
+    responses = [x for x in (record.get("chosen"), record.get("rejected")) if isinstance(x, dict)]
+    return bool(record.get("tools")) or any(m.get("tool_calls") or m.get("role") == "tool" for m in messages + responses)
+
+
+def check_tool_support(records, tokenizer, settings, dataset=""):
+    """Records with tools or tool turns need a template that renders them; refuse the data, naming
+    the first such record, when it does not (rather than train text without the calls)."""
+    first = next((r for r in records if uses_tools(r)), None)
+    if first is not None and not supports_tools(tokenizer):
+        raise ModelError(
+            f"{dataset + ': ' if dataset else ''}records carry tool calls or tool definitions (the first: id "
+            f"'{first.get('id', '?')}'), but the chat template (chat_template: {settings.get('chat_template', '?')}) does "
+            "not render tools, tool calls or tool results; use a model whose own template does (e.g. Qwen3, with "
+            "chat_template: tokenizer), or leave these records out")
+
+
 def tokenize_dpo(records, tokenizer, max_length):
     """Prompt / chosen / rejected ids the way TRL's DPOTrainer builds them for conversational data."""
     rows = []
     stats = {"records": len(records), "dropped_prompt_too_long": 0, "tokens": 0}
     for r in records:
-        prompt = r["messages"]
-        p_text = render(tokenizer, prompt, add_generation_prompt=True)
-        c_text = render(tokenizer, prompt + [{"role": "assistant", "content": r["chosen"]}])
-        x_text = render(tokenizer, prompt + [{"role": "assistant", "content": r["rejected"]}])
+        prompt, tools = r["messages"], r.get("tools")
+        p_text = render(tokenizer, prompt, add_generation_prompt=True, tools=tools)
+        c_text = render(tokenizer, prompt + [_assistant(r["chosen"])], tools=tools)
+        x_text = render(tokenizer, prompt + [_assistant(r["rejected"])], tools=tools)
         p, c, x = (tokenizer(t, add_special_tokens=False)["input_ids"] for t in (p_text, c_text, x_text))
         n = min(_common_prefix(p, c), _common_prefix(p, x))
         if n >= max_length:
@@ -177,6 +200,7 @@ KINDS = {
 
 
 def tokenize_split(records, tokenizer, settings):
+    check_tool_support(records, tokenizer, settings)
     kind = settings["kind"]
     if kind == "pt":
         return tokenize_pt(records, tokenizer, settings["max_length"])
@@ -193,6 +217,7 @@ def _tokenize_batch(lines, job):
     tokenizer, settings = job["tokenizer"], job["settings"]
     kind = KINDS[settings["kind"]]
     records = [json.loads(line) for line in lines]
+    check_tool_support(records, tokenizer, settings, job["dataset"])
     if kind.packed:
         return np.asarray(kind.rows(records, tokenizer, settings), dtype=np.int64), {"records": len(records)}
     rows, stats = kind.rows(records, tokenizer, settings)
@@ -335,7 +360,8 @@ def tokenize_dataset(data_dir, tokenizer, settings: dict, out_dir, workers: int 
     total = sum(p.stat().st_size for p in paths.values())
     # One core per worker: the tokenizer's own threads would compete with the other workers.
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    with OrderedPool(min(workers, 1 + total // BATCH_BYTES), {"tokenizer": tokenizer, "settings": settings}) as pool:
+    job = {"tokenizer": tokenizer, "settings": settings, "dataset": data_dir.name}
+    with OrderedPool(min(workers, 1 + total // BATCH_BYTES), job) as pool:
         progress = Progress(f"tokenize {data_dir.name} ({kind}, {pool.workers} worker{'s' if pool.workers > 1 else ''})",
                             total, every=progress_every)
         counted = {"records": 0, "bytes": 0}

@@ -11,6 +11,7 @@ sys.path.insert(0, workflow.basedir)
 from tuneflow import config as tuneflow_config  # noqa: E402
 from tuneflow.checks import preflight  # noqa: E402
 from tuneflow.cluster import processes_per_node, rule_resources  # noqa: E402
+from tuneflow.data.checksums import raw_checksums  # noqa: E402
 from tuneflow.data.readers import resolve_paths  # noqa: E402
 from tuneflow.errors import TuneflowError  # noqa: E402
 from tuneflow.plan import Plan, canonical  # noqa: E402
@@ -77,6 +78,14 @@ def raw_files(dataset):
         return [str(p) for p in resolve_paths(spec["path"], key=f"datasets.{dataset}.path")]
     except TuneflowError as e:
         raise WorkflowError(str(e)) from None
+
+
+def raw_content(dataset):
+    """The raw files' content hashes (a param of convert: a changed content reruns it whatever the
+    files' mtimes say), unless data.checksum_raw_files is off."""
+    if not RESOLVED["data"]["checksum_raw_files"]:
+        return ""
+    return jsonarg(raw_checksums(raw_files(dataset)))
 
 
 # -- training -------------------------------------------------------------------------------------

@@ -7,9 +7,11 @@ rule convert:
     input:
         script=src("scripts/convert.py"),
         raw=lambda w: raw_files(w.dataset),
-        code=code("tuneflow/data/convert.py", "tuneflow/data/formats.py", "tuneflow/data/readers.py", "tuneflow/parallel.py"),
+        code=code("tuneflow/data/convert.py", "tuneflow/data/formats.py", "tuneflow/data/readers.py", "tuneflow/data/seen.py",
+                  "tuneflow/parallel.py"),
     params:
         settings=lambda w: jsonarg(PLAN.convert_settings(w.dataset)),
+        raw_content=lambda w: raw_content(w.dataset),
     log:
         "logs/convert/{dataset}.log",
     threads: data_threads()

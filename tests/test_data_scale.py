@@ -70,11 +70,11 @@ def write_corpus(path: Path, mb: float, kind: str):
 
 
 def test_convert_and_tokenize_memory_does_not_grow_with_the_corpus(tmp_path, tiny_model):
-    """Each job on a small and on a larger corpus (convert: 10 and 30 MB, tokenize: 5 and 15 MB of PT
-    text): the added data may add at most a quarter of its size to the job's peak memory. (Reading
-    whole files, they took about 20 times the corpus.)"""
+    """Each job on a 10 and a 30 MB corpus (PT text; an Alpaca JSON array): the 20 MB more may add
+    at most a third of their size to the job's peak memory, allocator noise and the tokenizer's
+    bounded word cache included. (Reading whole files, the jobs took about 20 times the corpus.)"""
     model = tiny_model()
-    sizes = {"convert text": (10, 30), "convert JSON array": (10, 30), "tokenize": (5, 15)}
+    sizes = {"convert text": (10, 30), "convert JSON array": (10, 30), "tokenize": (10, 30)}
     peaks = {}
     for small_or_large in (0, 1):
         for job, mbs in sizes.items():
@@ -94,7 +94,7 @@ def test_convert_and_tokenize_memory_does_not_grow_with_the_corpus(tmp_path, tin
                                           tmp_path / f"tok{mb}", "--settings", json.dumps(settings)], tmp_path)
     growth = {job: round(peaks[job, large] - peaks[job, small], 1) for job, (small, large) in sizes.items()}
     print("peak RSS (MB):", {f"{job} {mb} MB": round(v) for (job, mb), v in peaks.items()}, "growth:", growth)
-    assert all(growth[job] < (large - small) / 4 for job, (small, large) in sizes.items()), (peaks, growth)
+    assert all(growth[job] < (large - small) / 3 for job, (small, large) in sizes.items()), (peaks, growth)
 
 
 def test_dedupe_remembers_16_bytes_a_record_and_finds_every_duplicate(monkeypatch):
@@ -327,7 +327,7 @@ def test_more_data_workers_rerun_no_data_job(demo_run, tmp_path):
 @pytest.mark.slow
 def test_training_writes_nothing_into_the_tokenized_data(demo_run):
     """The tokenize rule's outputs hold what it wrote, after every stage trained on them."""
-    written_by_tokenize = re.compile(r"meta\.json|(train|validation)/(data-\d{5}-of-\d{5}\.arrow|state\.json|dataset_info\.json)")
+    written_by_tokenize = re.compile(r"meta\.json|\.snakemake_timestamp|(train|validation)/(data-\d{5}-of-\d{5}\.arrow|state\.json|dataset_info\.json)")
     for directory in (demo_run / "results" / "tokenized").glob("*/*"):
         extra = [f for f in files_under(directory) if not written_by_tokenize.fullmatch(f)]
         assert extra == [], directory
@@ -363,6 +363,8 @@ def test_the_trainer_sees_the_batches_of_trl_s_own_preparation_without_it(tmp_pa
             eval_dataset = load_from_disk(str(tokenized / "validation"))
 
         extra = setup.pretokenized_sft_data(Run, 42, packing=False) if ours else {}
+        if ours:  # the rows stay memory-mapped from the tokenize rule's files; only the shuffle's index is in memory
+            assert {Path(c["filename"]).parent.parent for c in Run.train_dataset.cache_files} == {tokenized}
         args = SFTConfig(output_dir=str(tmp_path / "out"), max_length=64, packing=False, shuffle_dataset=True, seed=42,
                          use_cpu=True, report_to=[], completion_only_loss=False if kind == "pt" else None, **extra)
         trainer = SFTTrainer(model=AutoModelForCausalLM.from_pretrained(model_dir), args=args, processing_class=tok,

@@ -17,7 +17,29 @@ _CONTEXT: dict = {}
 
 
 def _call(fn, batch):
-    return fn(batch, _CONTEXT)
+    try:
+        return fn(batch, _CONTEXT)
+    finally:
+        release_freed_memory()
+
+
+def _libc_trim():
+    try:
+        import ctypes
+
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        return None
+
+
+_TRIM = _libc_trim()
+
+
+def release_freed_memory():
+    """Hand memory freed by a batch back to the system (glibc keeps it otherwise, and a long job's
+    resident size then creeps up with the fragments of its large transient batches)."""
+    if _TRIM is not None:
+        _TRIM(0)
 
 
 def usable_cpus() -> int:
@@ -53,7 +75,9 @@ class OrderedPool:
         send = send or (lambda batch: batch)
         if self.pool is None:
             for batch in batches:
-                yield batch, fn(send(batch), _CONTEXT)
+                result = fn(send(batch), _CONTEXT)
+                release_freed_memory()
+                yield batch, result
             return
         pending = collections.deque()
         for batch in batches:

@@ -17,6 +17,8 @@ def main(argv=None):
                    help='JSON (tuneflow.plan.Plan.tokenize_settings): {"kind", "model": {base_model block}, '
                         '"max_length", "chat_template", "mask_prompt"}')
     p.add_argument("--out", required=True)
+    p.add_argument("--workers", type=int, default=1, help="processes that tokenize (the rule's threads)")
+    p.add_argument("--progress-every", type=float, default=30.0, help="seconds between progress lines in the log")
     a = p.parse_args(argv)
 
     from datasets import disable_progress_bars
@@ -30,7 +32,7 @@ def main(argv=None):
     model_cfg = models.check_model_dir(model_dir, s["model"], weights_expected=False)
     tok = models.load_tokenizer(model_dir, s["model"], s.get("chat_template"))
     models.check_tokenizer_fits(tok, model_cfg, model_dir)
-    meta = tokenize_dataset(a.data, tok, s, a.out)
+    meta = tokenize_dataset(a.data, tok, s, a.out, workers=a.workers, progress_every=a.progress_every)
     print(f"tokenized {a.data} ({s['kind']}): {meta['splits']['train']}", file=sys.stderr)
 
 

@@ -49,3 +49,14 @@ def test_bench_integrity_hashes_and_verifies_a_directory():
                           capture_output=True, text=True, env=env_with_venv(), timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "manifest: 2 files" in proc.stdout and "verify:" in proc.stdout
+
+
+def test_bench_data_scaling_table_runs_on_a_tiny_corpus(tmp_path):
+    shared_path("stanford_alpaca", "alpaca_data.json.gz")
+    shared_path("..", "tokenizers", "llama2", "tokenizer.json")
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "bench_data.py"), "--only", "scaling", "--sizes", "0.001",
+                           "--kinds", "sft", "--workers", "1", "--work", str(tmp_path)],
+                          capture_output=True, text=True, env=env_with_venv(), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| SFT JSONL | 0.001 GB |")]
+    assert [r.split(" | ")[2] for r in rows] == ["convert", "tokenize"] and all(" MB | " in r for r in rows), proc.stdout

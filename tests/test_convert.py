@@ -142,8 +142,8 @@ def test_skip_mode_counts_drops_with_reasons(tmp_path):
                                                   json.dumps({"instruction": "i", "output": ""}),
                                                   json.dumps({"instruction": 5, "output": "o"})]) + "\n")
     m, rows = convert(tmp_path, f2, "alpaca", on_bad_record="skip")
-    assert m["counts"] == {"read": 3, "kept": 1, "dropped": 2, "over_max_records": 0, "renamed_ids": 0,
-                           "train": m["counts"]["train"], "validation": m["counts"]["validation"]}
+    assert m["counts"] == {"read": 3, "kept": 1, "dropped": 2, "duplicates": 0, "dropped_turns": 0, "over_max_records": 0,
+                           "renamed_ids": 0, "train": m["counts"]["train"], "validation": m["counts"]["validation"]}
     assert m["dropped_reasons"] == {"field 'output' is empty": 1, "field 'instruction' must be str, got int": 1}
     assert {e["line"] for e in m["drop_examples"]} == {2, 3}
 
@@ -160,9 +160,11 @@ def test_duplicate_ids_can_be_renamed(tmp_path):
     _, again = convert(tmp_path / "again", g, "promptcblue", duplicate_ids="rename")
     again_ids = {r["input"]: r["id"] for r in (json_row_input(r) for r in again)}
     assert again_ids["q1"] == ids["q1"] and again_ids["q2"] == ids["q2"]
-    # the same content under the same id twice still gets two ids
+    # the same content under the same id twice: a duplicate (dedupe: exact), or, kept, a third id
     h = write(tmp_path / "r.jsonl", "\n".join(json.dumps(r) for r in [recs[0], recs[1], recs[1]]) + "\n")
-    _, twins = convert(tmp_path / "twins", h, "promptcblue", duplicate_ids="rename")
+    m, twins = convert(tmp_path / "twins", h, "promptcblue", duplicate_ids="rename")
+    assert len({r["id"] for r in twins}) == 2 and m["counts"]["duplicates"] == 1
+    _, twins = convert(tmp_path / "kept", h, "promptcblue", duplicate_ids="rename", dedupe="none")
     assert len({r["id"] for r in twins}) == 3
 
 
@@ -199,39 +201,40 @@ def test_split_hash_depends_on_seed():
 
 # -- the real public data in ../shared/data -------------------------------------------------------
 
-# (file, format, column mapping, records read, records kept with on_bad_record: skip)
+# (file, format, column mapping, records read, records kept with on_bad_record: skip, exact duplicates dropped)
 SHARED_CASES = [
-    ("stanford_alpaca/alpaca_data.json.gz", "alpaca", {}, 51502, 51474),  # 28 empty outputs
+    ("stanford_alpaca/alpaca_data.json.gz", "alpaca", {}, 51502, 51474, 0),  # 28 empty outputs
     ("open_chinese_alpaca/alpaca-chinese-52k-v3.json.gz", "alpaca",
-     {"instruction": "zh_instruction", "input": "zh_input", "output": "zh_output"}, 51502, 51452),
-    ("carbonz0_alpaca_chinese/zh-data-part-00.json.gz", "alpaca", {}, 10021, 10015),
-    ("carbonz0_alpaca_chinese/zh-data-part-01.json.gz", "alpaca", {}, 10444, 10439),
-    ("llama_factory_demo/alpaca_en_demo.json.gz", "alpaca", {}, 999, 999),
-    ("llama_factory_demo/alpaca_zh_demo.json", "alpaca", {}, 1000, 1000),
-    ("medicalgpt/legacy/finetune/Belle_open_source_1k.json", "alpaca", {}, 1000, 1000),
-    ("medicalgpt/rag/medical_corpus.txt", "alpaca", {"instruction": "问", "output": "答"}, 87, 87),
-    ("llama_factory_demo/dpo_en_demo.json.gz", "preference", {}, 300, 300),      # shape (a)
-    ("llama_factory_demo/dpo_zh_demo.json.gz", "preference", {}, 300, 300),      # shape (a)
-    ("medicalgpt/reward/dpo_zh_500.jsonl.gz", "preference", {}, 500, 500),       # shape (b)
-    ("medicalgpt/legacy/reward/dpo_zh.jsonl.gz", "preference", {}, 429, 429),    # shape (c)
-    ("medicalgpt/legacy/reward/test.json", "preference", {}, 100, 100),          # shape (d)
-    ("medicalgpt/sft/medical_sft_1K_format.jsonl.gz", "sharegpt", {}, 1000, 1000),
-    ("medicalgpt/sft/sharegpt_zh_1K_format.jsonl.gz", "sharegpt", {}, 1000, 992),  # 7 end on a human turn, 1 empty turn
-    ("llama_factory_demo/c4_demo.jsonl.gz", "text", {}, 300, 300),
-    ("llama_factory_demo/wiki_demo.txt.gz", "text", {}, 30, 30),
-    ("medicalgpt/pretrain/en_article_tail500.txt", "text", {}, 426, 426),
-    ("promptcblue/toy_examples/train.json", "promptcblue", {}, 72, 72),
-    ("promptcblue/toy_examples/dev.json", "promptcblue", {}, 72, 72),
+     {"instruction": "zh_instruction", "input": "zh_input", "output": "zh_output"}, 51502, 51451, 1),
+    ("carbonz0_alpaca_chinese/zh-data-part-00.json.gz", "alpaca", {}, 10021, 10014, 1),
+    ("carbonz0_alpaca_chinese/zh-data-part-01.json.gz", "alpaca", {}, 10444, 10439, 0),
+    ("llama_factory_demo/alpaca_en_demo.json.gz", "alpaca", {}, 999, 985, 14),
+    ("llama_factory_demo/alpaca_zh_demo.json", "alpaca", {}, 1000, 992, 8),
+    ("medicalgpt/legacy/finetune/Belle_open_source_1k.json", "alpaca", {}, 1000, 1000, 0),
+    ("medicalgpt/rag/medical_corpus.txt", "alpaca", {"instruction": "问", "output": "答"}, 87, 87, 0),
+    ("llama_factory_demo/dpo_en_demo.json.gz", "preference", {}, 300, 295, 5),      # shape (a)
+    ("llama_factory_demo/dpo_zh_demo.json.gz", "preference", {}, 300, 289, 11),     # shape (a)
+    ("medicalgpt/reward/dpo_zh_500.jsonl.gz", "preference", {}, 500, 500, 0),       # shape (b)
+    ("medicalgpt/legacy/reward/dpo_zh.jsonl.gz", "preference", {}, 429, 429, 0),    # shape (c)
+    ("medicalgpt/legacy/reward/test.json", "preference", {}, 100, 100, 0),          # shape (d)
+    ("medicalgpt/sft/medical_sft_1K_format.jsonl.gz", "sharegpt", {}, 1000, 1000, 0),
+    ("medicalgpt/sft/sharegpt_zh_1K_format.jsonl.gz", "sharegpt", {}, 1000, 992, 0),  # 7 end on a human turn, 1 empty turn
+    ("llama_factory_demo/c4_demo.jsonl.gz", "text", {}, 300, 300, 0),
+    ("llama_factory_demo/wiki_demo.txt.gz", "text", {}, 30, 30, 0),
+    ("medicalgpt/pretrain/en_article_tail500.txt", "text", {}, 426, 426, 0),
+    ("promptcblue/toy_examples/train.json", "promptcblue", {}, 72, 72, 0),
+    ("promptcblue/toy_examples/dev.json", "promptcblue", {}, 72, 72, 0),
 ]
 
 
-@pytest.mark.parametrize("rel,fmt,columns,read,kept", SHARED_CASES, ids=[c[0] for c in SHARED_CASES])
-def test_shared_data_converts_with_expected_counts(tmp_path, rel, fmt, columns, read, kept):
+@pytest.mark.parametrize("rel,fmt,columns,read,kept,duplicates", SHARED_CASES, ids=[c[0] for c in SHARED_CASES])
+def test_shared_data_converts_with_expected_counts(tmp_path, rel, fmt, columns, read, kept, duplicates):
     path = shared_path(*rel.split("/"))
     m, rows = convert(tmp_path, path, fmt, columns=columns, on_bad_record="skip", validation_fraction=0.05)
     assert m["counts"]["read"] == read
     assert m["counts"]["kept"] == kept
-    assert m["counts"]["dropped"] == read - kept
+    assert m["counts"]["duplicates"] == duplicates
+    assert m["counts"]["dropped"] == read - kept - duplicates
     assert m["counts"]["train"] + m["counts"]["validation"] == kept == len(rows)
     assert m["sources"][0]["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()  # of the file as stored (.gz too)
     assert m["split"]["seed"] == 7 and m["split"]["validation_fraction"] == 0.05

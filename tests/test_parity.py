@@ -20,7 +20,7 @@ import yaml
 import seed_recipes as seed
 from conftest import REPO, SHARED, skip_or_fail
 from tuneflow import config, models
-from tuneflow.data.formats import CONVERTERS, RecordError
+from tuneflow.data.formats import CONVERTERS, Options, RecordError, with_default_system
 from tuneflow.data.readers import SourceInfo, iter_records, resolve_paths
 from tuneflow.plan import Plan
 from tuneflow.tokenize import tokenize_split
@@ -52,8 +52,7 @@ def raw_and_converted(name, dataset, every=1):
     record of the preset's dataset, raw as the seed reads it (the preset's column mapping applied)."""
     cs = Plan(preset(name)).convert_settings(dataset)
     convert = CONVERTERS[cs["format"]]
-    if cs["keep_linebreaks"]:
-        convert = functools.partial(convert, keep_linebreaks=True)
+    opts = Options(cs["columns"], cs.get("tags") or {}, keep_linebreaks=cs["keep_linebreaks"])
     out = []
     for path in resolve_paths(str(REPO / cs["path"])):
         for raw in iter_records(path, SourceInfo(str(path)), plain_text=cs["format"] == "text",
@@ -62,7 +61,7 @@ def raw_and_converted(name, dataset, every=1):
     pairs = []
     for i, raw in enumerate(out[::every]):
         try:
-            rec = {"id": i, **convert(raw, cs["columns"], cs["system"])}
+            rec = {"id": i, **with_default_system(convert(raw, opts), cs["system"])}
         except RecordError:
             rec = None
         if isinstance(raw, dict):

@@ -206,6 +206,9 @@ def _converted(tmp_path, records):
     d.mkdir(parents=True)
     (d / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     (d / "validation.jsonl").write_text("")
+    from tuneflow.io import write_dir_manifest
+
+    write_dir_manifest(d, "convert")
     return d
 
 

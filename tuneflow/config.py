@@ -256,6 +256,23 @@ def _check_base_model_path(cfg, prefix, variant):
                           f"{prefix}base_model.path there, or start from it in a variant")
 
 
+def _resolve_datasets(cfg):
+    """LLaMA-Factory registry entries (format: llamafactory) become ordinary datasets; a folder
+    holding a registry given as another format is refused (it is not a data file)."""
+    from tuneflow.data import llamafactory
+
+    for name, ds in cfg["datasets"].items():
+        key = f"datasets.{name}"
+        if ds["format"] == "llamafactory":
+            text_only = all(STAGES[s].formats == {"text"} for s in ds["stages"] if s in STAGES)
+            cfg["datasets"][name] = llamafactory.resolve(ds, key, text_only_stages=text_only)
+        elif Path(ds["path"]).is_dir() and llamafactory.registry_in(ds["path"]):
+            raise ConfigError(f"{key}.path", f"'{ds['path']}' holds LLaMA-Factory's {llamafactory.REGISTRY}: set "
+                                             f"{key}.format: llamafactory and {key}.dataset to the entry to read")
+        elif ds["dataset"]:
+            raise ConfigError(f"{key}.dataset", "only format llamafactory reads a registry entry")
+
+
 def _semantic_checks(cfg, where=""):
     prefix = f"{where}." if where else ""
     _check_base_model_path(cfg, prefix, where.split(".", 1)[1] if where else None)
@@ -267,7 +284,9 @@ def _semantic_checks(cfg, where=""):
             if ds["format"] not in STAGES[stage].formats:
                 raise ConfigError(
                     f"datasets.{name}.stages",
-                    f"format '{ds['format']}' cannot feed stage '{stage}' (it takes: {', '.join(sorted(STAGES[stage].formats))})",
+                    f"format '{ds['format']}'" + (f" (LLaMA-Factory entry '{ds['llamafactory']['dataset']}')"
+                                                  if ds.get("llamafactory") else "")
+                    + f" cannot feed stage '{stage}' (it takes: {', '.join(sorted(STAGES[stage].formats))})",
                 )
         if not ds["stages"] and not ds["held_out"]:
             raise ConfigError(f"datasets.{name}.stages", "a dataset that is not held_out must feed at least one stage")
@@ -401,6 +420,7 @@ def resolve(raw: dict) -> dict:
         _check_variant_override(name, override)
     cfg = fill_defaults(copy.deepcopy(raw))
     _validate_schema(cfg)
+    _resolve_datasets(cfg)
     cfg["_explicit"] = _explicit_quantization(raw)
     _semantic_checks(cfg)
     # Each variant's effective config, without the variants table itself.
@@ -413,6 +433,7 @@ def resolve(raw: dict) -> dict:
             _validate_schema(vcfg)
         except ConfigError as e:
             raise ConfigError(f"variants.{name}.{e.key}" if e.key else f"variants.{name}", e.problem) from None
+        _resolve_datasets(vcfg)
         vcfg["_explicit"] = _explicit_quantization(vraw)
         _semantic_checks(vcfg, where=f"variants.{name}")
         resolved[name] = _strip_private(vcfg, drop=("variants",))

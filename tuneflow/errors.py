@@ -20,6 +20,9 @@ class DataError(TuneflowError):
         super().__init__(f"{where}: {problem}")
         self.path, self.line, self.index, self.problem = str(path), line, index, problem
 
+    def __reduce__(self):  # raised in a worker process (tuneflow.parallel), re-raised in the job's own
+        return DataError, (self.path, self.problem, self.line, self.index)
+
 
 class ConfigError(TuneflowError):
     """A config value that is invalid; `key` is the dotted path to it."""
@@ -27,6 +30,9 @@ class ConfigError(TuneflowError):
     def __init__(self, key, problem):
         super().__init__(f"config key '{key}': {problem}" if key else f"config: {problem}")
         self.key, self.problem = key, problem
+
+    def __reduce__(self):
+        return ConfigError, (self.key, self.problem)
 
 
 class ModelError(TuneflowError):

@@ -69,6 +69,10 @@ class HashingReader(io.RawIOBase):
             chunks.append(block)
         return b"".join(chunks)
 
+    def close(self):
+        self._f.close()
+        super().close()
+
     def finish(self) -> str:
         while block := self._f.read(1 << 20):
             self._sha256.update(block)

@@ -147,13 +147,18 @@ class Plan:
         """Datasets cannot be overridden by variants, so the default config defines them."""
         cfg = self.variants[DEFAULT_VARIANT]
         ds, data = cfg["datasets"][dataset], cfg["data"]
-        return {
+        s = {
             "name": dataset, "path": ds["path"], "format": ds["format"], "columns": ds["columns"], "system": ds["system"],
             "validation_fraction": ds["validation_fraction"] if ds["validation_fraction"] is not None else data["validation_fraction"],
             "split_seed": data["split_seed"] if data["split_seed"] is not None else cfg["seed"],
             "on_bad_record": data["on_bad_record"], "duplicate_ids": ds["duplicate_ids"], "max_records": ds["max_records"] or data["max_records"],
             "max_record_bytes": data["max_record_bytes"], "held_out": ds["held_out"], "keep_linebreaks": ds["keep_linebreaks"],
+            "dedupe": ds["dedupe"],
         }
+        # Only when set, so that the demo's settings (and so its outputs) stay as they were.
+        s.update({k: v for k, v in (("tags", ds["tags"]), ("group_by", ds["group_by"]), ("on_bad_turn", data["on_bad_turn"]),
+                                    ("llamafactory", ds.get("llamafactory"))) if v})
+        return s
 
     def tokenize_settings(self, variant, stage) -> dict:
         """Exactly what the token ids depend on (so a RoPE or learning-rate change re-tokenizes

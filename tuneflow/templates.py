@@ -171,11 +171,14 @@ def prepare_tokenizer(tokenizer, name: str, where: str = "chat_template"):
     return tokenizer
 
 
-def render(tokenizer, messages, add_generation_prompt=False) -> str:
+def render(tokenizer, messages, add_generation_prompt=False, tools=None) -> str:
+    """The tokenizer's Jinja template applied; `tools`: the functions a conversation with tool calls
+    offers (see supports_tools)."""
     from jinja2 import TemplateError
 
     try:
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt,
+                                             tools=tools)
     except TemplateError as e:  # raise_exception() in the template, a syntax error, an undefined value
         roles = "/".join(m["role"] for m in messages)
         raise ModelError(f"the chat template of {getattr(tokenizer, 'name_or_path', '?')} failed on a conversation "
@@ -399,25 +402,27 @@ class Encoded:
         return [t for s, g in self.turns for t in s + g] + self.tail
 
 
-def _jinja_turns(tokenizer, messages, open_end: bool) -> list[Turn]:
+def _jinja_turns(tokenizer, messages, open_end: bool, tools=None) -> list[Turn]:
     """The tokenizer's own Jinja template as turns of one joined text. Each assistant turn runs from
     the end of the generation prompt before it (so what is trained follows exactly what is asked at
     inference) to the end of its end-of-turn marker. A template may render earlier turns differently
     from the last one: Qwen3's own puts an empty <think></think> block before the last answer only,
     and it is part of that answer, as the model generates it after "<|im_start|>assistant\n". The
-    text after the last answer (a closing newline) is returned as a last turn with no target."""
-    text = render(tokenizer, messages, open_end)
+    text after the last answer (a closing newline) is returned as a last turn with no target.
+    Assistant turns that call tools are trained too (up to their end-of-turn marker); tool results
+    are not."""
+    text = render(tokenizer, messages, open_end, tools)
     marker = end_of_turn(tokenizer) if any(m["role"] == "assistant" for m in messages) else ""
     cuts = []
     for i, m in enumerate(messages):
         if m["role"] != "assistant":
             continue
-        prefix = render(tokenizer, messages[:i], True)
+        prefix = render(tokenizer, messages[:i], True, tools)
         if not text.startswith(prefix):
             raise ModelError("the chat template renders the conversation before an answer differently from the "
                              "generation prompt it gives at inference, so what would be trained is not what the model "
                              "is asked; use a built-in chat_template")
-        content = m["content"].strip()
+        content = (m.get("content") or "").strip()
         at = text.find(content, len(prefix)) if content else len(prefix)
         end = text.find(marker, at + len(content)) if at >= 0 else -1
         if end < 0:
@@ -439,10 +444,11 @@ def _content_roles(text: str, messages) -> list[tuple[int, int, str]]:
     rewrites content leaves that message unmarked, so its special tokens are not escaped)."""
     found, pos = [], 0
     for m in messages:
-        at = text.find(m["content"], pos) if m["content"] else -1
+        content = m.get("content")
+        at = text.find(content, pos) if isinstance(content, str) and content else -1
         if at >= 0:
-            found.append((at, at + len(m["content"]), m["role"]))
-            pos = at + len(m["content"])
+            found.append((at, at + len(content), m["role"]))
+            pos = at + len(content)
     return found
 
 
@@ -461,10 +467,10 @@ def _role_parts(text, start, end, roles) -> list[Part]:
     return parts
 
 
-def encode(tokenizer, messages, settings: Settings, *, open_end: bool = False) -> Encoded:
+def encode(tokenizer, messages, settings: Settings, *, open_end: bool = False, tools=None) -> Encoded:
     """Tokenize a conversation the way the template says (module docstring); nothing is cut here."""
     if settings.name == "tokenizer":
-        turns, joined = _jinja_turns(tokenizer, messages, open_end), True
+        turns, joined = _jinja_turns(tokenizer, messages, open_end, tools), True
     else:
         turns, joined = conversation_turns(tokenizer, messages, settings, open_end=open_end), BUILTIN[settings.name].joined
     has_tail = not open_end and len(turns) > 1 and not turns[-1].target
@@ -518,3 +524,12 @@ def prompt_ids(tokenizer, messages, settings: Settings) -> list[int]:
         enc = encode(tokenizer, messages, settings)
         return [t for s, g in enc.turns[:-1] for t in s + g] + enc.turns[-1][0]
     return encode(tokenizer, messages, settings, open_end=True).input_ids
+
+
+def supports_tools(tokenizer) -> bool:
+    """Whether the chat template renders tool definitions (`tools`) and calls (`tool_calls`): the
+    tokenizer's own templates of tool-calling models do (Qwen3, ...); the built-in ones do not."""
+    template = getattr(tokenizer, "chat_template", None) or ""
+    if isinstance(template, dict):  # named templates, e.g. {"default": ..., "tool_use": ...}
+        template = "".join(template.values())
+    return "tools" in template and "tool_calls" in template

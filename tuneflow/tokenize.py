@@ -15,22 +15,38 @@ Nothing is cut or dropped silently: meta.json counts, per split, the records kep
 dropped (no trainable token left) with example ids; when more than `data.truncation_warn_fraction`
 of a split's records were truncated or dropped, a warning with the counts and ids is logged and
 recorded (the report shows it), or the job fails when `data.on_truncation` is `error`.
+
+Any size of data, flat memory: records stream from the JSONL in batches, `workers` processes
+tokenize the batches (in order, so the result does not depend on their number), and the rows are
+appended to Arrow shards as they come (the layout `Dataset.save_to_disk` writes; training
+memory-maps them with `load_from_disk`). PT blocks are cut from the running token stream.
+A new kind of rows is one entry of KINDS: its columns and a function from a batch of records to
+rows and counts.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from tuneflow import templates
-from tuneflow.errors import TuneflowError
-from tuneflow.io import atomic_dir, read_jsonl, verify_dir
+from tuneflow.errors import ModelError, TuneflowError
+from tuneflow.io import atomic_dir, verify_dir
+from tuneflow.parallel import OrderedPool
+from tuneflow.progress import PROGRESS_SECONDS, Progress
 from tuneflow.show_example import example
 from tuneflow.special_tokens import document_end_id
+from tuneflow.templates import supports_tools
 
 IGNORE = templates.IGNORE
 MAX_EXAMPLES = 5
+BATCH_RECORDS = 1000
+BATCH_BYTES = 1 << 20  # of JSON in: the token lists of a batch take some 30 times that
+MAX_SHARD_BYTES = 500 << 20  # as Dataset.save_to_disk's default max_shard_size
 
 
 def template_settings(settings: dict) -> templates.Settings:
@@ -120,10 +136,11 @@ def _note(stats, key, rec):
         stats[f"{key}_examples"].append(rec.get("id"))
 
 
-def sft_row(tokenizer, messages, settings: dict, special_ids=None):
-    """(input_ids, labels, cut) of one conversation; None when nothing trainable is left."""
+def sft_row(tokenizer, messages, settings: dict, special_ids=None, tools=None):
+    """(input_ids, labels, cut) of one conversation; None when nothing trainable is left. `tools`:
+    the functions the conversation offers (its tool calls are trained like any answer)."""
     tpl = template_settings(settings)
-    enc = templates.encode(tokenizer, messages, tpl)
+    enc = templates.encode(tokenizer, messages, tpl, tools=tools)
     special_ids = special_ids if special_ids is not None else set(tokenizer.all_special_ids)
     turns, cut = fit_turns(enc.turns, settings["max_length"], settings.get("truncation") or {}, special_ids)
     mask = settings.get("mask_prompt", True)
@@ -143,7 +160,7 @@ def tokenize_sft(records, tokenizer, settings: dict):
     rows, stats = [], _new_stats(records)
     special_ids = set(tokenizer.all_special_ids)
     for r in records:
-        row, cut = sft_row(tokenizer, r["messages"], settings, special_ids)
+        row, cut = sft_row(tokenizer, r["messages"], settings, special_ids, tools=r.get("tools"))
         if row is None:
             _note(stats, "dropped", r)
             continue
@@ -166,18 +183,54 @@ def pt_document_ids(tokenizer, texts, settings: dict) -> list[list[int]]:
     return [bos + ids + eos for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
 
 
+def pt_token_stream(records, tokenizer, settings: dict) -> list[int]:
+    """The documents' ids (pt_document_ids) as one list."""
+    return [t for ids in pt_document_ids(tokenizer, [r["text"] for r in records], settings) for t in ids]
+
+
+class PTBlocks:
+    """Cut a token stream, fed in pieces, into full blocks of max_length; what is left at the end
+    is dropped (counted), except that a split shorter than one block becomes one short block
+    rather than nothing (tiny validation splits)."""
+
+    def __init__(self, max_length):
+        import numpy as np
+
+        self.np, self.max_length = np, max_length
+        self.carry = np.zeros(0, dtype=np.int64)
+        self.records = self.tokens = self.blocks = 0
+
+    def feed(self, ids, records):
+        """-> an array of whole blocks (n x max_length) from what was fed so far."""
+        np = self.np
+        self.records += records
+        self.tokens += len(ids)
+        stream = np.concatenate([self.carry, np.asarray(ids, dtype=np.int64)])
+        n = len(stream) // self.max_length
+        self.carry = stream[n * self.max_length:]
+        self.blocks += n
+        return stream[: n * self.max_length].reshape(n, self.max_length)
+
+    def finish(self):
+        """-> the one short block of a split shorter than max_length (1 x its length), else 0 blocks."""
+        if self.blocks == 0 and len(self.carry):
+            self.blocks = 1
+            block, self.carry = self.carry[None, :], self.carry[:0]
+            return block
+        return self.carry[:0].reshape(0, 0)
+
+    def stats(self):
+        return {"records": self.records, "kept": self.records, "truncated": 0, "dropped": 0, "tokens": self.tokens,
+                "blocks": self.blocks, "tokens_dropped_at_end": len(self.carry)}
+
+
 def tokenize_pt(records, tokenizer, settings: dict):
     """Concatenate documents and cut into full blocks of max_length (the remainder is dropped and
     counted)."""
-    max_length = settings["max_length"]
-    stream = [t for ids in pt_document_ids(tokenizer, [r["text"] for r in records], settings) for t in ids]
-    if 0 < len(stream) < max_length:
-        rows = [{"input_ids": stream}]  # one short block rather than nothing (tiny validation splits)
-    else:
-        rows = [{"input_ids": stream[b * max_length:(b + 1) * max_length]} for b in range(len(stream) // max_length)]
-    stats = {"records": len(records), "kept": len(records), "truncated": 0, "dropped": 0, "tokens": len(stream),
-             "blocks": len(rows), "tokens_dropped_at_end": max(0, len(stream) - len(rows) * max_length)}
-    return rows, stats
+    packer = PTBlocks(settings["max_length"])
+    blocks = packer.feed(pt_token_stream(records, tokenizer, settings), len(records))
+    rows = [{"input_ids": list(map(int, b))} for b in blocks] + [{"input_ids": list(map(int, b))} for b in packer.finish()]
+    return rows, packer.stats()
 
 
 def tokenize_dpo(records, tokenizer, settings: dict):
@@ -190,7 +243,7 @@ def tokenize_dpo(records, tokenizer, settings: dict):
     for r in records:
         pair = []
         for resp in (r["chosen"], r["rejected"]):
-            enc = templates.encode(tokenizer, r["messages"] + [{"role": "assistant", "content": resp}], tpl)
+            enc = templates.encode(tokenizer, r["messages"] + [_assistant(resp)], tpl, tools=r.get("tools"))
             pair.append(([t for s, g in enc.turns[:-1] for t in s + g] + enc.turns[-1][0], enc.turns[-1][1]))
         (p, c), (p2, x) = pair
         if p != p2:  # a joined template merged the prompt's end with a response: keep the common part
@@ -207,15 +260,53 @@ def tokenize_dpo(records, tokenizer, settings: dict):
     return rows, stats
 
 
+def _assistant(response):
+    """A preference response as a message: text, or an assistant message that calls tools."""
+    return response if isinstance(response, dict) else {"role": "assistant", "content": response}
+
+
+def uses_tools(record) -> bool:
+    messages = record.get("messages") or []
+    responses = [x for x in (record.get("chosen"), record.get("rejected")) if isinstance(x, dict)]
+    return bool(record.get("tools")) or any(m.get("tool_calls") or m.get("role") == "tool" for m in messages + responses)
+
+
+def check_tool_support(records, tokenizer, settings, dataset=""):
+    """Records with tools or tool turns need a template that renders them; refuse the data, naming
+    the first such record, when it does not (rather than train text without the calls)."""
+    first = next((r for r in records if uses_tools(r)), None)
+    if first is not None and (settings.get("chat_template", "tokenizer") != "tokenizer" or not supports_tools(tokenizer)):
+        raise ModelError(
+            f"{dataset + ': ' if dataset else ''}records carry tool calls or tool definitions (the first: id "
+            f"'{first.get('id', '?')}'), but the chat template (chat_template: {settings.get('chat_template', '?')}) does "
+            "not render tools, tool calls or tool results; use a model whose own template does (e.g. Qwen3, with "
+            "chat_template: tokenizer), or leave these records out")
+
+
+@dataclass(frozen=True)
+class Kind:
+    """A kind of tokenized rows: its columns (name -> Arrow value type) and how a batch of
+    canonical records becomes rows (+ counts that add up over batches). `packed`: the rows are
+    PT blocks cut from the token stream of all batches (the function returns that stream)."""
+    columns: dict
+    rows: object  # (records, tokenizer, settings) -> (rows, stats), or the token stream when packed
+    packed: bool = False
+
+
+KINDS = {
+    "pt": Kind({"input_ids": "int32"}, pt_token_stream, packed=True),
+    "sft": Kind({"input_ids": "int32", "labels": "int64"}, tokenize_sft),
+    "dpo": Kind({"prompt_ids": "int64", "chosen_ids": "int64", "rejected_ids": "int64"}, tokenize_dpo),
+}
+
+
 def tokenize_split(records, tokenizer, settings):
+    """Rows and counts of a list of records (the streaming job below does the same batch by batch)."""
+    check_tool_support(records, tokenizer, settings)
     kind = settings["kind"]
     if kind == "pt":
         return tokenize_pt(records, tokenizer, settings)
-    if kind == "sft":
-        return tokenize_sft(records, tokenizer, settings)
-    if kind == "dpo":
-        return tokenize_dpo(records, tokenizer, settings)
-    raise ValueError(kind)
+    return KINDS[kind].rows(records, tokenizer, settings)
 
 
 # -- the job --------------------------------------------------------------------------------------
@@ -235,43 +326,210 @@ def length_warning(name: str, split: str, stats: dict, threshold: float) -> str 
             f"dropped: {'; '.join(parts)}")
 
 
-COLUMNS = {"pt": ["input_ids"], "sft": ["input_ids", "labels"], "dpo": ["prompt_ids", "chosen_ids", "rejected_ids"]}
+# -- streaming: batches of records -> worker processes -> Arrow shards -------------------------------
 
 
-def tokenize_dataset(data_dir, tokenizer, settings: dict, out_dir) -> dict:
+def _tokenize_batch(lines, job):
+    """In a worker: JSON lines -> ({column: (lengths, values)} as numpy arrays, stats)."""
+    import numpy as np
+
+    tokenizer, settings = job["tokenizer"], job["settings"]
+    kind = KINDS[settings["kind"]]
+    records = [json.loads(line) for line in lines]
+    check_tool_support(records, tokenizer, settings, job["dataset"])
+    if kind.packed:
+        return np.asarray(kind.rows(records, tokenizer, settings), dtype=np.int64), {"records": len(records)}
+    rows, stats = kind.rows(records, tokenizer, settings)
+    columns = {}
+    for name, dtype in kind.columns.items():
+        lengths = np.fromiter((len(r[name]) for r in rows), dtype=np.int64, count=len(rows))
+        values = np.fromiter((x for r in rows for x in r[name]), dtype=dtype, count=int(lengths.sum()))
+        columns[name] = (lengths, values)
+    return columns, stats
+
+
+def _batches(path: Path, counted: dict):
+    """Lists of JSON lines of `path` (tuneflow wrote it: one record per \\n-ended line)."""
+    batch, size = [], 0
+    with open(path, "rb") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            batch.append(line)
+            size += len(line)
+            counted["bytes"] += len(line)
+            if len(batch) >= BATCH_RECORDS or size >= BATCH_BYTES:
+                yield batch
+                batch, size = [], 0
+    if batch:
+        yield batch
+
+
+class ArrowShards:
+    """Rows appended to Arrow files in the layout `Dataset.save_to_disk` writes
+    (data-<i>-of-<n>.arrow, at most MAX_SHARD_BYTES each, + state.json and dataset_info.json), so
+    `load_from_disk` memory-maps them. The fingerprint is a hash of the rows."""
+
+    def __init__(self, directory: Path, columns: dict):
+        import pyarrow as pa
+        from datasets import Features, List, Value
+
+        self.pa, self.dir = pa, Path(directory)
+        self.dir.mkdir(parents=True)
+        self.columns = columns
+        self.features = Features({name: List(Value(dtype)) for name, dtype in columns.items()})
+        self.shards, self.writer, self.shard_bytes = [], None, 0
+        self.hash = hashlib.sha256()
+        self.rows = 0
+
+    def _open(self):
+        from datasets.arrow_writer import ArrowWriter
+
+        path = self.dir / f".shard-{len(self.shards)}.arrow"
+        self.shards.append(path)
+        self.writer, self.shard_bytes = ArrowWriter(features=self.features, path=str(path)), 0
+
+    def write(self, columns: dict):
+        """`columns`: name -> (row lengths, concatenated values) as numpy arrays."""
+        import numpy as np
+
+        pa = self.pa
+        n = len(next(iter(columns.values()))[0])
+        if n == 0:
+            return
+        if self.writer is None or self.shard_bytes >= MAX_SHARD_BYTES:
+            self._close()
+            self._open()
+        arrays = []
+        for name, dtype in self.columns.items():
+            lengths, values = columns[name]
+            offsets = np.zeros(n + 1, dtype=np.int32)
+            np.cumsum(lengths, out=offsets[1:])
+            values = np.ascontiguousarray(values, dtype=dtype)
+            arrays.append(pa.ListArray.from_arrays(pa.array(offsets), pa.array(values)))
+            self.hash.update(name.encode())
+            self.hash.update(offsets.tobytes())
+            self.hash.update(values.tobytes())
+            self.shard_bytes += values.nbytes + offsets.nbytes
+        self.writer.write_table(pa.Table.from_arrays(arrays, names=list(self.columns)))
+        self.rows += n
+
+    def _close(self):
+        if self.writer is not None:
+            self.writer.finalize()
+            self.writer.close()
+            self.writer = None
+
+    def finish(self):
+        from datasets import DatasetInfo
+        from datasets.utils.py_utils import asdict
+
+        if not self.shards:  # no rows: one empty shard, as save_to_disk writes
+            self._open()
+        self._close()
+        names = []
+        for i, path in enumerate(self.shards):
+            names.append(f"data-{i:05d}-of-{len(self.shards):05d}.arrow")
+            path.rename(self.dir / names[-1])
+        state = {"_data_files": [{"filename": n} for n in names], "_fingerprint": self.hash.hexdigest()[:16],
+                 "_format_columns": None, "_format_kwargs": {}, "_format_type": None, "_output_all_columns": False,
+                 "_split": None}
+        with open(self.dir / "state.json", "w", encoding="utf-8") as f:
+            json.dump(state, f, indent=2, sort_keys=True)
+        info = asdict(DatasetInfo(features=self.features))
+        with open(self.dir / "dataset_info.json", "w", encoding="utf-8") as f:
+            json.dump({k: info[k] for k in sorted(info)}, f, indent=2)
+
+
+def _write_split(path: Path, out: Path, tokenizer, settings, pool: OrderedPool, progress: Progress, counted: dict):
+    """Tokenize one split file into Arrow shards under `out`; -> (stats, rows written, the first row)."""
+    import numpy as np
+
+    kind = KINDS[settings["kind"]]
+    shards = ArrowShards(out, kind.columns)
+    packer = PTBlocks(settings["max_length"]) if kind.packed else None
+    stats = dict(kind.rows([], tokenizer, settings)[1]) if not packer else None
+    first = None
+    for batch, (result, batch_stats) in pool.map(_tokenize_batch, _batches(path, counted)):
+        counted["records"] += len(batch)
+        progress.update(counted["records"], counted["bytes"])
+        if packer:
+            blocks = packer.feed(result, len(batch))
+            columns = {"input_ids": (np.full(len(blocks), packer.max_length), blocks.reshape(-1))}
+        else:
+            _add_stats(stats, batch_stats)
+            columns = result
+        first = first or _first_row(columns)
+        shards.write(columns)
+    if packer:
+        last = packer.finish()
+        columns = {"input_ids": (np.full(len(last), last.shape[1]), last.reshape(-1))}
+        first = first or _first_row(columns)
+        shards.write(columns)
+        stats = packer.stats()
+    shards.finish()
+    return stats, shards.rows, first
+
+
+def _add_stats(total: dict, stats: dict):
+    """Counts add up over batches; example ids are kept in order, the first MAX_EXAMPLES."""
+    for key, value in stats.items():
+        if isinstance(value, list):
+            total[key] = (total.get(key, []) + value)[:MAX_EXAMPLES]
+        else:
+            total[key] = total.get(key, 0) + value
+
+
+def _first_row(columns: dict) -> dict | None:
+    """Row 0 of a batch's columns ((lengths, values) each), or None when it has no rows."""
+    if not len(next(iter(columns.values()))[0]):
+        return None
+    return {name: [int(x) for x in values[:lengths[0]]] for name, (lengths, values) in columns.items()}
+
+
+def tokenize_dataset(data_dir, tokenizer, settings: dict, out_dir, workers: int = 1,
+                     progress_every: float = PROGRESS_SECONDS) -> dict:
     """`settings`: tuneflow.plan.Plan.tokenize_settings (kind, model, max_length, chat_template,
     template, mask_prompt, truncation, PT document settings, on_truncation). A held_out dataset
-    (its manifest says so) has no train split."""
-    from datasets import Dataset, Features, Sequence, Value
-
+    (its manifest says so) has no train split. `workers`: processes that tokenize (the rule's
+    threads); the result does not depend on it."""
     data_dir = Path(data_dir)
     verify_dir(data_dir)
     kind = settings["kind"]
+    if kind not in KINDS:
+        raise ValueError(kind)
     name = data_dir.name
     manifest = data_dir / "manifest.json"
     held_out = manifest.is_file() and json.loads(manifest.read_text(encoding="utf-8")).get("held_out", False)
     meta = {"kind": kind, "dataset": name, "settings": settings, "source": str(data_dir), "splits": {}, "warnings": []}
-    features = Features({c: Sequence(Value("int64")) for c in COLUMNS[kind]})
-    with atomic_dir(out_dir, rule="tokenize") as tmp:
-        for split in ("train", "validation"):
-            records = read_jsonl(data_dir / f"{split}.jsonl")
-            rows, stats = tokenize_split(records, tokenizer, settings)
-            if split == "train" and not rows and not held_out:
-                raise TuneflowError(f"{data_dir}/train.jsonl: no sample left after tokenization "
-                                    f"({json.dumps({k: v for k, v in stats.items() if not k.endswith('examples')})}); "
-                                    "is max_length too small?")
-            warning = length_warning(name, split, stats, settings.get("truncation_warn_fraction", 0.01))
-            if warning:
-                if settings.get("on_truncation") == "error":
-                    raise TuneflowError(f"{warning}; raise max_length (or the truncation limits), or set "
-                                        "data.on_truncation: warn to train on them anyway")
-                print(f"[tuneflow] WARNING: {warning}", file=sys.stderr, flush=True)
-                meta["warnings"].append(warning)
-            Dataset.from_dict({c: [r[c] for r in rows] for c in COLUMNS[kind]}, features=features).save_to_disk(str(tmp / split))
-            meta["splits"][split] = {**stats, "rows": len(rows)}
-            if split == "train" and rows:  # what the model sees, for scripts/show_example.py and the report
-                with open(tmp / "example.json", "w", encoding="utf-8") as f:
-                    json.dump(example(tokenizer, rows[0], kind), f, indent=1, ensure_ascii=False)
-        with open(tmp / "meta.json", "w", encoding="utf-8") as f:
-            json.dump(meta, f, indent=2, ensure_ascii=False)
+    paths = {split: data_dir / f"{split}.jsonl" for split in ("train", "validation")}
+    total = sum(p.stat().st_size for p in paths.values())
+    # One core per worker: the tokenizer's own threads would compete with the other workers.
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    job = {"tokenizer": tokenizer, "settings": settings, "dataset": name}
+    with OrderedPool(min(workers, 1 + total // BATCH_BYTES), job) as pool:
+        progress = Progress(f"tokenize {name} ({kind}, {pool.workers} worker{'s' if pool.workers > 1 else ''})",
+                            total, every=progress_every)
+        counted = {"records": 0, "bytes": 0}
+        with atomic_dir(out_dir, rule="tokenize") as tmp:
+            for split, path in paths.items():
+                stats, rows, first = _write_split(path, tmp / split, tokenizer, settings, pool, progress, counted)
+                if split == "train" and not rows and not held_out:
+                    raise TuneflowError(f"{data_dir}/train.jsonl: no sample left after tokenization "
+                                        f"({json.dumps({k: v for k, v in stats.items() if not k.endswith('examples')})}); "
+                                        "is max_length too small?")
+                warning = length_warning(name, split, stats, settings.get("truncation_warn_fraction", 0.01))
+                if warning:
+                    if settings.get("on_truncation") == "error":
+                        raise TuneflowError(f"{warning}; raise max_length (or the truncation limits), or set "
+                                            "data.on_truncation: warn to train on them anyway")
+                    print(f"[tuneflow] WARNING: {warning}", file=sys.stderr, flush=True)
+                    meta["warnings"].append(warning)
+                meta["splits"][split] = {**stats, "rows": rows}
+                if split == "train" and first is not None:  # what the model sees: scripts/show_example.py, the report
+                    with open(tmp / "example.json", "w", encoding="utf-8") as f:
+                        json.dump(example(tokenizer, first, kind), f, indent=1, ensure_ascii=False)
+            progress.print(final=True)
+            with open(tmp / "meta.json", "w", encoding="utf-8") as f:
+                json.dump(meta, f, indent=2, ensure_ascii=False)
     return meta

@@ -21,6 +21,7 @@ def main(argv=None):
         packing=False,  # already cut into blocks of max_length
         completion_only_loss=False,
         shuffle_dataset=True,
+        **setup.pretokenized_sft_data(run, run.settings["seed"], packing=False),
     )
     ckpt = checkpoints.prepare(run, pt_args)
     trainer = SFTTrainer(args=pt_args, **setup.trainer_inputs(run, ckpt))

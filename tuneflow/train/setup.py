@@ -95,6 +95,21 @@ def prepare(stage: str, argv=None, description="") -> StageRun:
     return run
 
 
+def pretokenized_sft_data(run: StageRun, seed: int, packing: bool) -> dict:
+    """SFTConfig keywords for data the tokenize rule made trainer-ready (PT blocks, SFT rows).
+
+    SFTTrainer would otherwise map the whole dataset at start (labels, truncation, a filter: no-ops
+    on these rows, each a full copy written next to the data in results/tokenized) and then shuffle
+    it. Only the shuffle is kept, the same permutation, its index held in memory; the rows stay
+    memory-mapped. Packing does need TRL's preparation (it builds the packed rows)."""
+    if packing:
+        return {}
+    run.train_dataset = run.train_dataset.shuffle(seed=seed, keep_in_memory=True)
+    if run.eval_dataset is not None:
+        run.eval_dataset = run.eval_dataset.shuffle(seed=seed, keep_in_memory=True)
+    return {"dataset_kwargs": {"skip_prepare_dataset": True}}
+
+
 def precision_flags(precision: str) -> dict:
     import torch
 

@@ -24,6 +24,7 @@ def main(argv=None):
         packing_strategy="bfd",
         shuffle_dataset=True,
         dataset_num_proc=None,
+        **setup.pretokenized_sft_data(run, run.settings["seed"], packing=t["packing"]),
     )
     ckpt = checkpoints.prepare(run, sft_args)
     trainer = SFTTrainer(args=sft_args, **setup.trainer_inputs(run, ckpt))

@@ -12,6 +12,7 @@ sys.path.insert(0, workflow.basedir)
 from tuneflow import config as tuneflow_config  # noqa: E402
 from tuneflow.checks import preflight  # noqa: E402
 from tuneflow.cluster import processes_per_node, rule_resources  # noqa: E402
+from tuneflow.data.checksums import raw_checksums  # noqa: E402
 from tuneflow.data.readers import resolve_paths  # noqa: E402
 from tuneflow.errors import TuneflowError  # noqa: E402
 from tuneflow.plan import Plan, canonical  # noqa: E402
@@ -99,6 +100,14 @@ def length_warnings():
     return found
 
 
+def raw_content(dataset):
+    """The raw files' content hashes (a param of convert: a changed content reruns it whatever the
+    files' mtimes say), unless data.checksum_raw_files is off."""
+    if not RESOLVED["data"]["checksum_raw_files"]:
+        return ""
+    return jsonarg(raw_checksums(raw_files(dataset)))
+
+
 # -- training -------------------------------------------------------------------------------------
 
 
@@ -147,6 +156,15 @@ def resources_from(block_of):
         return lambda w: rule_resources(block_of(w), gpu_rule=True).get(key, default)
 
     return {k: get(k, d) for k, d in RESOURCE_KEYS.items()}
+
+
+def data_resources():
+    """convert / tokenize: data.resources (CPUs, memory, minutes), one task on one node, no GPU."""
+    return rule_resources(RESOLVED["data"]["resources"], gpu_rule=False)
+
+
+def data_threads():
+    return RESOLVED["data"]["resources"]["cpus_per_task"]
 
 
 def train_resources(stage):

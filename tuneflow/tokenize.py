@@ -2,8 +2,15 @@
 
 Output directory: train/ and validation/ (Hugging Face `datasets` saved to disk) + meta.json.
   pt:  {"input_ids"}  documents joined with EOS and cut into blocks of exactly max_length tokens
-  sft: {"input_ids", "labels"}  labels are -100 outside assistant turns when mask_prompt is on
-  dpo: {"prompt_ids", "chosen_ids", "rejected_ids"}  as TRL's DPOTrainer builds them
+  sft: {"input_ids", "labels"}  labels are -100 outside assistant turns when mask_prompt is on; plain
+       text (a text dataset mixed into SFT) is cut into PT's blocks, every token a label
+  dpo: {"prompt_ids", "chosen_ids", "rejected_ids"}  as TRL's DPOTrainer builds them (the reward
+       model reads the same rows: prompt + chosen, prompt + rejected)
+  kto: {"prompt_ids", "completion_ids", "label"}  unpaired; a preference pair gives one desirable
+       (chosen) and one undesirable (rejected) row
+  prompt: {"prompt", "reference", "meta"}  online RL: the conversation up to the last assistant turn
+       (messages: the RL trainer renders and samples it), that turn as the reference answer, the
+       record's meta (JSON) for verifiable rewards; prompts longer than max_length are dropped
 Changing the learning rate never re-tokenizes; changing max length, template or tokenizer does,
 because they are part of the cache key (the directory name) and of the rule's params.
 """
@@ -104,14 +111,67 @@ def tokenize_dpo(records, tokenizer, max_length):
     return rows, stats
 
 
-def tokenize_split(records, tokenizer, settings):
+def tokenize_kto(records, tokenizer, max_length):
+    """Unpaired (prompt, completion, desirable?) rows; preference pairs are unpaired here."""
+    rows = []
+    stats = {"records": len(records), "desirable": 0, "undesirable": 0, "unpaired_from_pairs": 0,
+             "dropped_prompt_too_long": 0, "tokens": 0}
+    for r in records:
+        p_text = render(tokenizer, r["messages"], add_generation_prompt=True)
+        p = tokenizer(p_text, add_special_tokens=False)["input_ids"]
+        pairs = [(r["chosen"], True), (r["rejected"], False)] if "chosen" in r else [(r["completion"], r["label"])]
+        if len(pairs) == 2:
+            stats["unpaired_from_pairs"] += 1
+        for completion, label in pairs:
+            full = tokenizer(render(tokenizer, r["messages"] + [{"role": "assistant", "content": completion}]),
+                             add_special_tokens=False)["input_ids"]
+            n = _common_prefix(p, full)
+            if n >= max_length:
+                stats["dropped_prompt_too_long"] += 1
+                continue
+            rows.append({"prompt_ids": p[:n], "completion_ids": full[n:], "label": bool(label)})
+            stats["desirable" if label else "undesirable"] += 1
+            stats["tokens"] += len(full)
+    return rows, stats
+
+
+def tokenize_prompts(records, tokenizer, max_length, dataset=None):
+    """Online-RL prompts: the conversation before its last assistant turn, that turn as reference;
+    meta carries the record's id, its dataset's name and its own meta (PromptCBLUE task...)."""
+    rows = []
+    stats = {"records": len(records), "dropped_prompt_too_long": 0, "prompt_tokens": 0}
+    for r in records:
+        prompt = r["messages"][:-1]
+        n = len(tokenizer(render(tokenizer, prompt, add_generation_prompt=True), add_special_tokens=False)["input_ids"])
+        if n > max_length:
+            stats["dropped_prompt_too_long"] += 1
+            continue
+        stats["prompt_tokens"] += n
+        rows.append({"prompt": prompt, "reference": r["messages"][-1]["content"],
+                     "meta": json.dumps({"id": r["id"], "dataset": dataset, **(r.get("meta") or {})}, ensure_ascii=False)})
+    return rows, stats
+
+
+KIND_COLUMNS = {"pt": ["input_ids"], "sft": ["input_ids", "labels"], "dpo": ["prompt_ids", "chosen_ids", "rejected_ids"],
+                "kto": ["prompt_ids", "completion_ids", "label"], "prompt": ["prompt", "reference", "meta"]}
+
+
+def tokenize_split(records, tokenizer, settings, dataset=None):
     kind = settings["kind"]
     if kind == "pt":
         return tokenize_pt(records, tokenizer, settings["max_length"])
+    if kind == "sft" and records and "text" in records[0]:
+        # Plain text mixed into SFT (so that it forgets less of it): PT's blocks, every token a label.
+        rows, stats = tokenize_pt(records, tokenizer, settings["max_length"])
+        return [{**r, "labels": r["input_ids"]} for r in rows], stats
     if kind == "sft":
         return tokenize_sft(records, tokenizer, settings["max_length"], settings.get("mask_prompt", True))
     if kind == "dpo":
         return tokenize_dpo(records, tokenizer, settings["max_length"])
+    if kind == "kto":
+        return tokenize_kto(records, tokenizer, settings["max_length"])
+    if kind == "prompt":
+        return tokenize_prompts(records, tokenizer, settings["max_length"], dataset)
     raise ValueError(kind)
 
 
@@ -125,12 +185,11 @@ def tokenize_dataset(data_dir, tokenizer, settings: dict, out_dir) -> dict:
     with atomic_dir(out_dir) as tmp:
         for split in ("train", "validation"):
             records = read_jsonl(data_dir / f"{split}.jsonl")
-            rows, stats = tokenize_split(records, tokenizer, settings)
+            rows, stats = tokenize_split(records, tokenizer, settings, dataset=data_dir.name)
             if split == "train" and not rows:
                 raise TuneflowError(f"{data_dir}/train.jsonl: no sample left after tokenization ({json.dumps(stats)}); "
                                     "is max_length too small?")
-            columns = {"pt": ["input_ids"], "sft": ["input_ids", "labels"], "dpo": ["prompt_ids", "chosen_ids", "rejected_ids"]}[kind]
-            ds = Dataset.from_dict({c: [r[c] for r in rows] for c in columns})
+            ds = Dataset.from_dict({c: [r[c] for r in rows] for c in KIND_COLUMNS[kind]})
             ds.save_to_disk(str(tmp / split))
             meta["splits"][split] = stats
         with open(tmp / "meta.json", "w", encoding="utf-8") as f:

@@ -3,6 +3,7 @@
 Canonical records (one JSON object per line in results/data/<name>/{train,validation}.jsonl):
   instruction data:  {"id", "messages": [{"role": "system"|"user"|"assistant", "content"}...], "meta"?}
   preference pairs:  {"id", "messages": [...prompt, ending with a user turn], "chosen", "rejected"}
+  unpaired (KTO):    {"id", "messages": [...prompt, ending with a user turn], "completion", "label"}
   pre-training text: {"id", "text"}
 `meta` carries what evaluation needs (PromptCBLUE: task_type, task_dataset, answer_choices).
 A converter raises RecordError with a short problem; the caller adds file and line.
@@ -15,7 +16,7 @@ class RecordError(ValueError):
     """One record is malformed; the message says which field and why."""
 
 
-FORMATS = ("alpaca", "promptcblue", "sharegpt", "text", "preference")
+FORMATS = ("alpaca", "promptcblue", "sharegpt", "text", "preference", "unpaired")
 ROLE_ALIASES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                 "chatgpt": "assistant", "bing": "assistant", "bard": "assistant", "model": "assistant",
                 "system": "system"}
@@ -198,10 +199,38 @@ def convert_preference(rec, columns, system=None):
     return {"messages": messages, "chosen": chosen, "rejected": rejected}
 
 
+def convert_unpaired(rec, columns, system=None):
+    """One completion judged on its own (KTO): {prompt: str | messages, completion, label: bool}
+    (TRL's unpaired preference shape), or {conversations (ending with a human turn), completion, label}.
+    label true = desirable, false = undesirable."""
+    _require_dict(rec)
+    col = lambda n: columns.get(n, n)  # noqa: E731
+    if col("conversations") in rec:
+        messages = _conversation(rec[col("conversations")], col("conversations"), allow_trailing_user=True)
+    elif col("prompt") in rec:
+        prompt = rec[col("prompt")]
+        if isinstance(prompt, str):
+            if not prompt.strip():
+                raise RecordError(f"field '{col('prompt')}' is empty")
+            messages = [{"role": "user", "content": prompt}]
+        else:
+            messages = _conversation(prompt, col("prompt"), allow_trailing_user=True)
+    else:
+        raise RecordError("not an unpaired example: expected 'prompt' or 'conversations' with 'completion' and 'label'")
+    completion = _response(rec.get(col("completion")), col("completion"))
+    label = rec.get(col("label"))
+    if not isinstance(label, bool):
+        raise RecordError(f"field '{col('label')}' must be true (desirable) or false (undesirable), got {label!r}")
+    if messages[0]["role"] != "system" and system:
+        messages.insert(0, {"role": "system", "content": system})
+    return {"messages": messages, "completion": completion, "label": label}
+
+
 CONVERTERS = {
     "alpaca": convert_alpaca,
     "promptcblue": convert_promptcblue,
     "sharegpt": convert_sharegpt,
     "text": convert_text,
     "preference": convert_preference,
+    "unpaired": convert_unpaired,
 }

@@ -18,17 +18,22 @@ from tuneflow.provenance import hardware, versions
 from tuneflow.train.checkpoints import resume_note
 
 
+TRAINING_CURVE_KEYS = ("step", "epoch", "loss", "learning_rate", "grad_norm", "eval_loss")
+
+
 def write_loss_log(log_history, out_dir):
+    """Every logging step's numbers: loss, learning rate, and what the stage's trainer logs besides
+    (DPO / KTO rewards, the reward model's accuracy and margin, RL's reward, KL and completion
+    length: tuneflow.stages curves)."""
     rows = []
     for entry in log_history:
         if "step" not in entry:
             continue
         if not any(k in entry for k in ("loss", "eval_loss")):
             continue
-        rows.append({"step": entry.get("step"), "epoch": entry.get("epoch"), "loss": entry.get("loss"),
-                     "learning_rate": entry.get("learning_rate"), "grad_norm": entry.get("grad_norm"),
-                     "eval_loss": entry.get("eval_loss"),
-                     **{k: v for k, v in entry.items() if k.startswith("rewards/") or k == "eval_rewards/accuracies"}})
+        rows.append({**{k: entry.get(k) for k in TRAINING_CURVE_KEYS},
+                     **{k: v for k, v in entry.items() if k not in TRAINING_CURVE_KEYS and isinstance(v, (int, float))
+                        and not k.startswith(("train_", "total_flos"))}})
     keys = list(dict.fromkeys(k for r in rows for k in r))
     with open(Path(out_dir) / "loss_log.csv", "w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=keys)

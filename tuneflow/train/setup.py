@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from tuneflow import distributed, hardware, models
 from tuneflow.deepspeed_config import deepspeed_config_path
 from tuneflow.errors import ConfigError
-from tuneflow.stages import STAGES
+from tuneflow.stages import CAUSAL_LM, SEQUENCE_CLASSIFICATION, STAGES
 
 
 @dataclass
@@ -26,15 +26,21 @@ class StageRun:
     train_dataset: object
     eval_dataset: object      # None when no dataset has a validation split
     started: float
+    extra_inputs: tuple = ()  # other models the training reads (an RL stage's reward models)
 
     @property
     def base_spec(self) -> dict:
         return self.settings["base_model"]
 
     @property
+    def model_task(self) -> str:
+        return STAGES[self.stage].model_task
+
+    @property
     def inputs(self) -> list:
-        """What the checkpoints were trained from: the tokenized data and the base model."""
-        return [*self.args.data, self.base_dir]
+        """What the checkpoints were trained from: the tokenized data, the base model and any other
+        model the stage reads."""
+        return [*self.args.data, self.base_dir, *self.extra_inputs]
 
 
 def parse_args(argv=None, description=""):
@@ -131,6 +137,9 @@ def trainer_kwargs(run: StageRun) -> dict:
     return kw
 
 
+PEFT_TASK_TYPES = {CAUSAL_LM: "CAUSAL_LM", SEQUENCE_CLASSIFICATION: "SEQ_CLS"}  # SEQ_CLS also trains the score head
+
+
 def lora_config(settings: dict, task_type: str = "CAUSAL_LM"):
     """peft's LoraConfig from `stages.<stage>.lora`; None for full fine-tuning."""
     if settings["finetuning"] == "full":
@@ -144,12 +153,12 @@ def lora_config(settings: dict, task_type: str = "CAUSAL_LM"):
         task_type=task_type, bias="none")
 
 
-def trainer_inputs(run: StageRun, ckpt, peft_task_type: str = "CAUSAL_LM") -> dict:
+def trainer_inputs(run: StageRun, ckpt) -> dict:
     """The keyword arguments every TRL trainer of a stage takes besides its config: the model
     (loaded now, after the trainer's arguments exist), data, tokenizer, LoRA config and the
     checkpoint callbacks (`ckpt`: checkpoints.Checkpointing)."""
     return {"model": load_model(run), "train_dataset": run.train_dataset, "eval_dataset": run.eval_dataset,
-            "processing_class": run.tokenizer, "peft_config": lora_config(run.settings, peft_task_type),
+            "processing_class": run.tokenizer, "peft_config": lora_config(run.settings, PEFT_TASK_TYPES[run.model_task]),
             "callbacks": ckpt.callbacks}
 
 
@@ -163,7 +172,10 @@ def load_model(run: StageRun):
     qlora = settings["finetuning"] == "qlora"
     model = models.load_causal_lm(run.base_spec, run.base_dir, rope_scaling=training.get("rope_scaling"),
                                   quantization=settings["quantization"] if qlora else None,
-                                  attn_implementation=hardware.attn_implementation(training["attn_implementation"]))
+                                  attn_implementation=hardware.attn_implementation(training["attn_implementation"]),
+                                  task=run.model_task)
+    if run.model_task == SEQUENCE_CLASSIFICATION:
+        model.config.pad_token_id = run.tokenizer.pad_token_id  # the score is read at the last non-padding token
     if qlora:
         from peft import prepare_model_for_kbit_training
 

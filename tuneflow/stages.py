@@ -82,8 +82,10 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           curves=(("reward", "mean reward"), ("kl", "KL to the reference"),
                   ("completions/mean_length", "completion length (tokens)")),
           goal=("mean_reward", "promptcblue_overall"),
-          trade_off="RL makes the rewarded answers more likely; a metric the reward does not measure can move either "
-                    "way (kl_coef bounds how far the model drifts from its reference)."),
+          trade_off="RL makes the answers its reward prefers more likely. Where the reward is wrong (a reward model is "
+                    "only as right as its pairwise accuracy) the model learns those errors too, reward hacking, and a "
+                    "metric the reward does not measure can drop; kl_coef bounds how far it drifts from its reference, "
+                    "and a verifiable reward cannot be fooled."),
     Stage("kto", "KTO", frozenset({"preference", "unpaired"}), tokenized="kto", starts_from=("sft", "pt"),
           settings_keys=(*COMMON_KEYS, "beta", "loss_type", "desirable_weight", "undesirable_weight"),
           recipe="tuneflow.train.kto", compared_with="sft", scored_against_reference=True,

@@ -168,8 +168,11 @@ def load_model(run: StageRun):
     Call after the TrainingArguments exist: under ZeRO-3 transformers then partitions the weights
     while loading instead of materialising the whole model on every rank.
     """
+    from transformers import set_seed
+
     settings, training = run.settings, run.settings["training"]
     qlora = settings["finetuning"] == "qlora"
+    set_seed(settings["seed"])  # a new head (the reward model's score) starts from the same weights every run
     model = models.load_causal_lm(run.base_spec, run.base_dir, rope_scaling=training.get("rope_scaling"),
                                   quantization=settings["quantization"] if qlora else None,
                                   attn_implementation=hardware.attn_implementation(training["attn_implementation"]),

@@ -1,11 +1,14 @@
-"""Tokenization: prompt masking from the chat template, PT blocks, DPO ids, built-in templates."""
+"""Tokenization: prompt masking from the chat template, PT blocks, DPO ids, KTO's unpaired rows, RL
+prompts, plain text mixed into SFT, built-in templates."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 
 from tuneflow.templates import BUILTIN, assistant_spans, stop_token_ids
-from tuneflow.tokenize import IGNORE, tokenize_dpo, tokenize_pt, tokenize_sft
+from tuneflow.tokenize import IGNORE, tokenize_dpo, tokenize_kto, tokenize_prompts, tokenize_pt, tokenize_sft, tokenize_split
 
 
 @pytest.fixture(scope="module")
@@ -68,3 +71,33 @@ def test_dpo_ids_split_prompt_and_responses(tokenizer):
 
 def test_stop_tokens_include_end_of_turn(tokenizer):
     assert tokenizer.convert_tokens_to_ids("<|im_end|>") in stop_token_ids(tokenizer)
+
+
+def test_kto_unpairs_preference_pairs_and_keeps_unpaired_examples(tokenizer):
+    tokenizer.chat_template = BUILTIN["chatml"]
+    q = [{"role": "user", "content": "2 + 3"}]
+    recs = [{"messages": q, "chosen": "5", "rejected": "6"}, {"messages": q, "completion": "five", "label": True}]
+    rows, stats = tokenize_kto(recs, tokenizer, max_length=64)
+    assert [(tokenizer.decode(r["completion_ids"]), r["label"]) for r in rows] == [
+        ("5<|im_end|>\n", True), ("6<|im_end|>\n", False), ("five<|im_end|>\n", True)]
+    assert all(tokenizer.decode(r["prompt_ids"]).endswith("<|im_start|>assistant\n") for r in rows)
+    assert stats == {"records": 2, "desirable": 2, "undesirable": 1, "unpaired_from_pairs": 1,
+                     "dropped_prompt_too_long": 0, "tokens": stats["tokens"]}
+    rows, stats = tokenize_kto(recs, tokenizer, max_length=4)
+    assert rows == [] and stats["dropped_prompt_too_long"] == 3
+
+
+def test_rl_prompts_end_before_the_last_answer_which_becomes_the_reference(tokenizer):
+    tokenizer.chat_template = BUILTIN["chatml"]
+    recs = [{"id": "a", "messages": CONV, "meta": {"task_dataset": "KUAKE-QIC"}},
+            {"id": "b", "messages": [{"role": "user", "content": "word " * 100}, {"role": "assistant", "content": "x"}]}]
+    rows, stats = tokenize_prompts(recs, tokenizer, max_length=64, dataset="demo")
+    assert len(rows) == 1 and stats["dropped_prompt_too_long"] == 1
+    assert rows[0]["prompt"] == CONV[:-1] and rows[0]["reference"] == "tac"
+    assert json.loads(rows[0]["meta"]) == {"id": "a", "dataset": "demo", "task_dataset": "KUAKE-QIC"}
+
+
+def test_plain_text_mixed_into_sft_is_trained_on_every_token(tokenizer):
+    rows, stats = tokenize_split([{"text": "one two three"}] * 20, tokenizer, {"kind": "sft", "max_length": 16})
+    assert rows and all(r["labels"] == r["input_ids"] and len(r["input_ids"]) == 16 for r in rows)
+    assert stats["blocks"] == len(rows)

@@ -359,8 +359,7 @@ def observations(summary, bases: dict, directions: dict, formats: dict | None = 
         if stage not in present:
             continue
         st = STAGES[stage]
-        against = st.compared_with if st.compared_with in present or st.compared_with == "base" and "base" in present \
-            else None
+        against = st.compared_with if st.compared_with in present else None
         goal, better, worse = [], 0, []
         for (dataset, metric), values in sorted(pivot.items(), key=lambda kv: (_order_key(kv[0][1], METRIC_ORDER), kv[0][0])):
             new = as_number(values.get(stage))

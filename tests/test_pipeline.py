@@ -118,7 +118,7 @@ def test_sft_beats_the_base_model(demo_run):
 def test_results_carry_provenance_and_no_checkpoints_are_left(demo_run):
     info = train_info(demo_run / "results" / "adapters" / "sft")
     assert info["versions"]["torch"] and info["versions"]["trl"] and info["hardware"]["world_size"] == 2
-    assert {d["dataset"] for d in info["data"]} == {"demo_alpaca", "demo_sharegpt", "demo_promptcblue"}
+    assert {d["dataset"] for d in info["data"]} == {"demo_text", "demo_alpaca", "demo_sharegpt", "demo_promptcblue"}
     assert all(len(src["sha256"]) == 64 for d in info["data"] for src in d["sources"])
     assert not (demo_run / "results" / "work").exists() or not any((demo_run / "results" / "work").rglob("checkpoint-*"))
     hidden = [p for p in (demo_run / "results").rglob(".*tmp*")]

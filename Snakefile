@@ -1,5 +1,5 @@
-# tuneflow: raw data -> convert -> tokenize -> PT -> merge -> SFT -> merge -> DPO -> merge
-#           -> evaluate -> summary table -> report.   `snakemake --profile local` runs it all;
+# tuneflow: raw data -> convert -> tokenize -> PT -> merge -> SFT -> merge -> {DPO, RM -> RL, KTO}
+#           -> merge -> evaluate -> summary table -> report.   `snakemake --profile local` runs it all;
 # `snakemake --profile slurm results/merged/sft` submits every job to Slurm.
 
 from snakemake.utils import min_version

@@ -292,6 +292,18 @@ CONFIG_CASES = [
      ["config key 'base_model.path': './results/adapters/sft' is an output of this workflow"]),
     ("variant-base-model-is-its-own-output", set_key("variants", {"v": {"base_model": {"path": "results/variants/v/merged/sft"}}}),
      ["config key 'variants.v.base_model.path': 'results/variants/v/merged/sft' is an output of this workflow"]),
+    ("rl-without-reward", set_key("stages.rl.rewards", []),
+     ["config key 'stages.rl.rewards': stage 'rl' is enabled but has no reward"]),
+    ("num-generations-not-dividing-the-batch", set_key("stages.rl.num_generations", 3),
+     ["config key 'stages.rl.num_generations': 3 does not divide the global batch of 16 completions (1 ranks x "
+      "per_device_batch_size 16 x gradient_accumulation_steps 1)"]),
+    ("reward-model-stage-disabled", set_key("stages.rm.enabled", False),
+     ["config key 'stages.rl.rewards[0].reward_model': names the 'rm' stage, which is not enabled"]),
+    ("reward-function-not-trusted", set_key("stages.rl.rewards", [{"function": "tuneflow.rewards.exact_match"}]),
+     ["config key 'stages.rl.rewards[0].function': 'tuneflow.rewards.exact_match' would run your Python code",
+      "stages.rl.trust_reward_code: true"]),
+    ("reward-term-misspelt", set_key("stages.rl.rewards", [{"reward_modle": "rm"}]),
+     ["config key 'stages.rl.rewards[0].reward_modle': unknown key; did you mean 'stages.rl.rewards[0].reward_model'?"]),
 ]
 
 
@@ -408,7 +420,8 @@ def model_case(project, tiny_model_dir, tmp_path, name, model_edit=None, cfg_edi
 
 
 def test_lora_target_module_that_does_not_exist(project, tiny_model_dir, tmp_path):
-    model_case(project, tiny_model_dir, tmp_path, "m", cfg_edit=set_key("stages.sft.lora.target_modules", ["q_proj", "query_key_value"]))
+    model_case(project, tiny_model_dir, tmp_path, "m", cfg_edit=lambda c: c["stages"]["sft"].update(
+        finetuning="lora", lora={"target_modules": ["q_proj", "query_key_value"]}))
     assert_snakemake_refuses(project, "config key 'stages.sft.lora.target_modules[1]': module 'query_key_value' does not exist in")
 
 
@@ -425,8 +438,8 @@ def test_zero3_with_quantized_checkpoint(project, tiny_model_dir, tmp_path):
 
 
 @pytest.mark.parametrize("edit, message", [
-    (set_key("stages.sft.lora.target_modules", ["q_proj", "query_key_value"]),
-     "config key 'stages.sft.lora.target_modules[1]': module 'query_key_value' does not exist in results/models/tiny"),
+    (set_key("stages.dpo.lora.target_modules", ["q_proj", "query_key_value"]),
+     "config key 'stages.dpo.lora.target_modules[1]': module 'query_key_value' does not exist in results/models/tiny"),
     (set_key("stages.dpo.training.max_length", 100000),
      "config key 'stages.dpo.training.max_length': 100000 is above the model's 1024 positions"),
 ], ids=["target-module", "max-length"])
@@ -434,6 +447,33 @@ def test_embedded_tiny_model_is_checked_before_it_is_built(project, edit, messag
     """The default base model does not exist yet when Snakemake plans: its settings stand in for it."""
     with_config(project, edit)
     assert_snakemake_refuses(project, message)
+
+
+def test_reward_model_that_is_a_causal_lm_without_a_score_head(project, tiny_model_dir):
+    with_config(project, set_key("stages.rl.rewards", [{"reward_model": str(tiny_model_dir)}]))
+    assert_snakemake_refuses(project, "config key 'stages.rl.rewards[0].reward_model': the model at",
+                             "is a causal language model (LlamaForCausalLM) without a score head")
+
+
+def test_kto_with_only_desirable_examples(demo_run, tmp_path):
+    """Whether both kinds exist is known once the data is read: the training job refuses before
+    it writes anything of its own (no checkpoint, no adapter)."""
+    from pipeline import copy_project, run_ci
+
+    project = copy_project(demo_run, tmp_path / "project")
+    good = [{"prompt": f"Say {w}.", "completion": w, "label": True} for w in ("yes", "ok", "fine", "sure", "good") * 8]
+    (project / "resources" / "only_good.jsonl").write_text(jsonl(*good))
+    change = project / "kto.yaml"
+    change.write_text(yaml.safe_dump({"datasets": {
+        "demo_pairs": {"path": "resources/demo/dpo_pairs.jsonl", "format": "preference", "stages": ["dpo", "rm"]},
+        "only_good": {"path": "resources/only_good.jsonl", "format": "unpaired", "stages": ["kto"]}}}))
+    proc = run_ci(project, "results/adapters/kto", configs=[change], check=False)
+    log = (project / "logs" / "train_kto.log").read_text()
+    assert proc.returncode != 0
+    assert "tuneflow: error: config key 'stages.kto': the training data of the kto stage (only_good) has " in log, log[-3000:]
+    assert "desirable and 0 undesirable examples: KTO needs both; add undesirable (label: false) examples" in log
+    assert "Traceback" not in log
+    assert not (project / "results" / "adapters" / "kto").exists() and not (project / "results" / "work" / "kto").exists()
 
 
 def test_model_path_that_does_not_exist(project):

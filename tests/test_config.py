@@ -28,9 +28,11 @@ def test_default_config_resolves_with_defaults_filled():
     cfg = config.load()
     sft = cfg["stages"]["sft"]
     assert sft["training"]["gradient_accumulation_steps"] == 1  # schema default
-    assert sft["lora"]["r"] == raw_default()["stages"]["sft"]["lora"]["r"] != 8  # config.yaml wins over the schema's 8
+    lr = raw_default()["stages"]["sft"]["training"]["learning_rate"]
+    assert sft["training"]["learning_rate"] == lr != 0.0002  # config.yaml wins over the schema's default
     assert cfg["_variants"]["default"]["stages"]["dpo"]["beta"] == 0.1
-    assert config.enabled_stages(cfg) == ["pt", "sft", "dpo"]
+    assert config.enabled_stages(cfg) == ["pt", "sft", "dpo", "rm", "rl", "kto"]
+    assert cfg["stages"]["rl"]["rewards"][1] == {"verifiable": "promptcblue", "weight": 1.0, "datasets": None}
 
 
 def test_unknown_key_suggests_closest():
@@ -61,8 +63,10 @@ def test_stage_enabled_without_dataset():
 
 
 def test_dataset_format_must_fit_stage():
-    with pytest.raises(ConfigError, match=r"'datasets\.demo_text\.stages': format 'text' cannot feed stage 'sft'"):
-        resolve_with(datasets={"demo_text": {"stages": ["pt", "sft"]}})
+    with pytest.raises(ConfigError, match=r"'datasets\.demo_text\.stages': format 'text' cannot feed stage 'dpo'"):
+        resolve_with(datasets={"demo_text": {"stages": ["pt", "dpo"]}})
+    with pytest.raises(ConfigError, match=r"'datasets\.demo_pairs\.stages': format 'preference' cannot feed stage 'rl'"):
+        resolve_with(datasets={"demo_pairs": {"stages": ["rl"]}})
 
 
 def test_variant_overriding_nonexistent_key():
@@ -128,7 +132,7 @@ def test_variant_changing_only_dpo_beta_reuses_pt_and_sft():
 
 
 def test_variant_changing_sft_reruns_sft_and_dpo_but_not_pt():
-    plan = plan_with({"r8": {"stages": {"sft": {"lora": {"r": 8}}}}})
+    plan = plan_with({"r8": {"stages": {"sft": {"training": {"learning_rate": 0.0005}}}}})
     assert {s: plan.adapter_dir("r8", s) for s in ("pt", "sft", "dpo")} == {
         "pt": "results/adapters/pt", "sft": "results/variants/r8/adapters/sft", "dpo": "results/variants/r8/adapters/dpo"}
     assert plan.stage_base_spec("r8", "dpo")["path"] == "results/variants/r8/merged/sft"
@@ -169,6 +173,54 @@ def test_eval_settings_isolate_generation_and_dpo_only_keys():
     assert plan.eval_settings("default", "dpo")["reference"]["path"] == "results/merged/sft"
     changed = Plan(resolve_with(stages={"dpo": {"beta": 0.3}}))
     assert changed.eval_settings("default", "sft") == plan.eval_settings("default", "sft")
+
+
+# -- the RLHF branches -----------------------------------------------------------------------------
+
+
+def test_rl_rewards_read_the_reward_model_stage_and_follow_its_variant():
+    plan = plan_with({"rm_lr": {"stages": {"rm": {"training": {"learning_rate": 0.0001}}}},
+                      "kl": {"stages": {"rl": {"kl_coef": 0.5}}}})
+    rewards = plan.stage_settings("default", "rl")["rewards"]
+    assert rewards[0] == {"reward_model": "results/merged/rm", "stage": "rm", "weight": 1.0, "datasets": ["demo_alpaca"]}
+    assert plan.reward_inputs("default", "rl") == ["results/merged/rm"]
+    # a variant that retrains the reward model retrains RL with it; one that changes RL only reuses the RM
+    assert plan.stage_settings("rm_lr", "rl")["rewards"][0]["reward_model"] == "results/variants/rm_lr/merged/rm"
+    assert plan.adapter_dir("rm_lr", "rl") == "results/variants/rm_lr/adapters/rl"
+    assert plan.adapter_dir("rm_lr", "kto") == "results/adapters/kto"
+    assert plan.adapter_dir("kl", "rl") == "results/variants/kl/adapters/rl" and plan.adapter_dir("kl", "rm") == "results/adapters/rm"
+
+
+def test_the_reward_model_is_evaluated_on_pairs_and_the_rl_reward_scores_rl_and_its_siblings():
+    plan = Plan(resolve_with())
+    rm = plan.eval_settings("default", "rm")
+    assert rm["model_task"] == "sequence_classification" and rm["datasets"] == {"demo_pairs": "preference"}
+    assert "max_new_tokens" not in rm and [j for j in plan.eval_jobs() if j[1] == "rm"] == \
+        [("default", "rm", "demo_pairs", "results/eval/rm/demo_pairs.json")]
+    scored = {m for m in plan.eval_models("default") if "rewards" in plan.eval_settings("default", m)}
+    assert scored == {"sft", "dpo", "rl", "kto"}
+    assert plan.eval_settings("default", "rl")["rewards"]["datasets"] == ["demo_alpaca", "demo_promptcblue"]
+    assert plan.merge_settings("default", "rm")["task"] == "sequence_classification"
+    assert "task" not in plan.merge_settings("default", "sft")  # unchanged for the causal stages: nothing reruns
+
+
+@pytest.mark.parametrize("rewards, key, message", [
+    ([{"reward_model": "rm", "verifiable": "exact_match"}], "stages.rl.rewards[0]", "exactly one of"),
+    ([{"weight": 2.0}], "stages.rl.rewards[0]", "exactly one of"),
+    ([{"reward_model": "sft"}], "stages.rl.rewards[0].reward_model", "stage 'sft' is not a reward model"),
+    ([{"verifiable": "exact_match", "datasets": ["demo_pairs"]}], "stages.rl.rewards[0].datasets[0]",
+     "'demo_pairs' does not feed stage 'rl'"),
+    ([{"function": "no_such_module.fn"}], "stages.rl.rewards[0].function", "module file no_such_module.py"),
+], ids=["two-kinds", "no-kind", "not-a-reward-model", "dataset-not-fed", "missing-module"])
+def test_reward_terms_are_checked_naming_the_key(rewards, key, message):
+    with pytest.raises(ConfigError, match=re.escape(f"config key '{key}': ") + ".*" + re.escape(message)):
+        resolve_with(stages={"rl": {"rewards": rewards, "trust_reward_code": True}})
+
+
+def test_promptcblue_reward_needs_promptcblue_prompts():
+    with pytest.raises(ConfigError, match=re.escape("'stages.rl.rewards[1].verifiable': promptcblue scores PromptCBLUE "
+                                                    "records, but no dataset with format promptcblue feeds 'rl'")):
+        resolve_with(datasets={"demo_promptcblue": {"stages": ["sft"]}})
 
 
 def test_schema_file_is_valid_yaml_and_snakemake_compatible():

@@ -110,6 +110,19 @@ def test_preference_all_shapes(tmp_path):
                                       {"role": "assistant", "content": "a1"}]
 
 
+def test_unpaired_examples_in_both_shapes(tmp_path):
+    f = write(tmp_path / "u.jsonl", "\n".join(json.dumps(r) for r in [
+        {"prompt": "q", "completion": "good", "label": True},
+        {"conversations": [{"from": "human", "value": "q"}], "completion": {"from": "gpt", "value": "bad"}, "label": False},
+    ]) + "\n")
+    _, rows = convert(tmp_path, f, "unpaired")
+    assert [(r["messages"], r["completion"], r["label"]) for r in rows] == [
+        ([{"role": "user", "content": "q"}], "good", True), ([{"role": "user", "content": "q"}], "bad", False)]
+    bad = write(tmp_path / "b.jsonl", json.dumps({"prompt": "q", "completion": "x", "label": "yes"}) + "\n")
+    with pytest.raises(Exception, match=r"b\.jsonl, line 1: field 'label' must be true \(desirable\) or false"):
+        convert(tmp_path, bad, "unpaired")
+
+
 def test_bom_is_stripped_and_noted(tmp_path):
     f = tmp_path / "bom.json"
     f.write_bytes(b"\xef\xbb\xbf" + json.dumps([{"instruction": "i", "output": "o"}]).encode())

@@ -97,3 +97,13 @@ def test_a_finished_rank_skips_interpreter_shutdown(tmp_path):
     # the two ranks share the pipe, so their lines may interleave
     assert sorted(re.findall(r"rank (\d) gathered \[0, 1\]", proc.stdout)) == ["0", "1"], proc.stdout
     assert "finalized" not in proc.stdout and "after run" not in proc.stdout, proc.stdout
+
+
+def test_reward_model_pairwise_metrics_on_hand_numbers():
+    pairs = [{"chosen": 1.0, "rejected": 0.5}, {"chosen": -1.0, "rejected": 0.0}, {"chosen": 2.0, "rejected": -1.0}]
+    assert ev.pairwise_metrics(pairs) == {"pairwise_accuracy": pytest.approx(200 / 3), "mean_margin": pytest.approx(2.5 / 3)}
+
+
+def test_reward_metrics_average_each_term_over_the_answers_it_scores():
+    scores = {"terms": {"rm": [1.0, 3.0], "promptcblue": [None, 1.0]}, "total": [1.0, 4.0]}
+    assert ev.reward_metrics(scores) == {"mean_reward": 2.5, "reward/rm": 2.0, "reward/promptcblue": 1.0}

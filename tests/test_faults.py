@@ -148,6 +148,31 @@ def test_kill9_a_rank_after_the_first_checkpoint_then_resume(demo_run, sft_proje
     assert not work.exists(), "checkpoints are removed once the output is complete"
 
 
+def test_kill9_a_rank_during_rl_then_resume(demo_run, tmp_path):
+    """Online RL (sampling, rewards from the reward model, KL to the reference) resumes from its
+    checkpoint after a rank is killed, and ends where the uninterrupted run ended."""
+    project = copy_project(demo_run, tmp_path / "project")
+    shutil.rmtree(project / "results" / "adapters" / "rl")
+    work = project / "results" / "work" / "rl"
+    proc = start(project, "results/adapters/rl")
+    wait_for(lambda: complete_checkpoints(work), what="the first RL checkpoint", proc=proc)
+    victim = random.choice(wait_for(lambda: rank_pids("rl", project), timeout=30, what="the RL ranks"))
+    os.kill(victim, signal.SIGKILL)
+    assert proc.wait(timeout=300) != 0
+    assert not (project / "results" / "adapters" / "rl").exists(), "a killed job must not look complete"
+    last = step(complete_checkpoints(work)[-1])
+
+    run_ci(project, "results/adapters/rl")
+    adapter = project / "results" / "adapters" / "rl"
+    info = train_info(adapter)
+    assert info["resumed_from_step"] == last and info["steps"] == info["settings"]["training"]["max_steps"]
+    reference = load_tensors(demo_run / "results" / "adapters" / "rl" / "adapter_model.safetensors")
+    diff = max_abs_diff(reference, load_tensors(adapter / "adapter_model.safetensors"))
+    print(f"RL resumed from step {last}; max |adapter - uninterrupted adapter| = {diff:.3g}")
+    assert diff <= RESUME_TOLERANCE
+    assert not work.exists()
+
+
 def test_sigterm_saves_a_checkpoint_and_the_retry_resumes(demo_run, sft_project):
     work = sft_project / "results" / "work" / "sft"
     proc = start(sft_project, "results/adapters/sft", options=("--retries", "1"))
@@ -231,7 +256,7 @@ def test_disk_full_while_writing_the_outputs_leaves_nothing_and_the_rerun_resume
         log = (sft_project / "logs" / "train_sft.log").read_text()
         assert ("tuneflow: error: writing the stage's outputs to results/adapters/sft failed: No space left on device "
                 "(errno 28); nothing was left there, and the last complete checkpoint results/work/sft/checkpoint-") in log, log[-4000:]
-        assert sorted(p.name for p in adapters.iterdir()) == ["dpo", "filler", "pt"]  # no staging directory left
+        assert sorted(p.name for p in adapters.iterdir()) == ["dpo", "filler", "kto", "pt", "rl", "rm"]  # no staging directory left
         last = step(complete_checkpoints(sft_project / "results" / "work" / "sft")[-1])
 
         (adapters / "filler").unlink()

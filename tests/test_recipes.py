@@ -28,6 +28,17 @@ def test_there_is_one_preset_per_seed_system():
                        "medicalgpt_chain.yaml", "peft_sft_qlora_zero3.yaml"]
 
 
+def test_the_medicalgpt_preset_runs_its_rlhf_road_with_run_rm_and_run_ppo_s_settings():
+    med = config.load(REPO / "config" / "recipes" / "medicalgpt_chain.yaml")["stages"]
+    assert all(med[s]["enabled"] for s in ("pt", "sft", "dpo", "rm", "rl"))
+    rm, rl = med["rm"], med["rl"]  # run_rm.sh; run_ppo.sh mapped to RLOO
+    assert (rm["finetuning"], rm["lora"]["r"], rm["training"]["learning_rate"], rm["training"]["per_device_batch_size"],
+            rm["training"]["max_length"], rm["training"]["weight_decay"]) == ("lora", 8, 2e-5, 4, 512, 0.001)
+    assert (rl["algorithm"], rl["kl_coef"], rl["max_new_tokens"], rl["temperature"], rl["training"]["learning_rate"],
+            rl["training"]["max_steps"], rl["training"]["per_device_batch_size"]) == ("rloo", 0.2, 256, 1.0, 1e-5, 100, 8)
+    assert rl["rewards"] == [{"reward_model": "rm", "weight": 1.0, "datasets": None}]
+
+
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_preset_validates_and_dry_runs(recipe):
     needs_shared()
@@ -47,7 +58,7 @@ def test_preset_runs_on_cpu_with_the_tiny_model(recipe, tmp_path):
         pytest.importorskip("bitsandbytes", reason="QLoRA presets need bitsandbytes (pip install -e '.[test]')")
     os.symlink(SHARED.parent, tmp_path / "shared")  # the presets read ../shared/data
     project = make_workdir(tmp_path / "project")
-    snakemake(project, "--profile", "local", f"results/merged/{stages[-1]}",
+    snakemake(project, "--profile", "local", *(f"results/merged/{s}" for s in stages),
               "--configfile", f"config/recipes/{recipe}", SMOKE, "--replace-workflow-config")
     for stage in stages:
         info = json.loads((project / "results" / "adapters" / stage / "train_info.json").read_text())

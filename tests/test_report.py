@@ -72,8 +72,9 @@ def parse(page):
 # --------------------------------------------------------------------------- deltas
 
 def test_stage_deltas_hand_numbers():
-    d = stage_deltas({"base": 10.0, "pt": 11.0, "sft": 12.5, "dpo": 12.0})
-    assert d == {"PT − base": 1.0, "SFT − base": 2.5, "DPO − SFT": -0.5}
+    d = stage_deltas({"base": 10.0, "pt": 11.0, "sft": 12.5, "dpo": 12.0, "rl": 13.0})
+    assert d == {"PT − base": 1.0, "SFT − base": 2.5, "DPO − SFT": -0.5, "RL − SFT": 0.5, "KTO − SFT": None}
+    assert "RM − base" not in d  # the reward model is compared with nothing (its own metrics)
     d = stage_deltas({"base": 2.0, "sft": 1.5})
     assert d["SFT − base"] == -0.5 and d["PT − base"] is None and d["DPO − SFT"] is None
     assert stage_deltas({"base": None, "sft": 1.0})["SFT − base"] is None
@@ -199,7 +200,8 @@ def test_config_section_lists_only_differing_keys():
 
 # --------------------------------------------------------------------------- empty / missing
 
-SECTION_IDS = ("summary", "training", "promptcblue", "examples", "configs", "provenance")
+SECTION_IDS = ("reading", "summary", "branches", "generations", "training", "promptcblue", "examples", "configs",
+               "provenance")
 
 
 @pytest.mark.parametrize("bundle", [
@@ -279,7 +281,7 @@ def test_user_strings_are_escaped():
     allowed = {"html", "head", "meta", "title", "style", "body", "main", "header", "h1", "h2", "h3",
                "div", "b", "span", "nav", "a", "section", "p", "table", "thead", "tbody", "tr",
                "th", "td", "svg", "text", "rect", "line", "polyline", "circle", "details",
-               "summary", "footer", "script", "pre", "mark", "code"}
+               "summary", "footer", "script", "pre", "mark", "code", "ul", "li"}
     assert set(p.tags) <= allowed, set(p.tags) - allowed
     assert p.tags.count("script") == 1
     assert not any(name.startswith("on") for name, _ in p.attrs)
@@ -479,3 +481,78 @@ def test_data_table_shows_kept_truncated_and_dropped_per_dataset_and_stage(tmp_p
     assert table.count("<tr") == 4 and "r7, r9" in table and "12 blocks, 77 tokens left over" in table
     assert 'class="num bad"' in table  # the warned split
     assert "none (nothing was tokenized" in render_html(small_bundle())
+
+
+# --------------------------------------------------------------------------- the RLHF branches
+
+def branch_bundle():
+    fmt = {"pairs": "preference", "pc": "promptcblue", "txt": "text"}
+    rows = [row(m, "promptcblue_overall", v, dataset="pc") for m, v in (("sft", 40.0), ("dpo", 35.0), ("rl", 44.0))]
+    rows += [row(m, "mean_reward", v, dataset="pc") for m, v in (("sft", 0.4), ("rl", 0.44))]
+    rows += [row("rm", "pairwise_accuracy", 76.0, dataset="pairs"), row("dpo", "preference_accuracy", 64.0, dataset="pairs"),
+             row("base", "perplexity", 1600.0, dataset="txt"), row("sft", "perplexity", 14.0, dataset="txt"),
+             row("dpo", "perplexity", 15.0, dataset="txt")]
+    log = [{"step": s, "loss": 0.1, "reward": 0.1 * s, "kl": 0.01 * s, "completions/mean_length": 3.0} for s in (5, 10, 15)]
+    return small_bundle(summary=rows, promptcblue=[],
+                        stage_bases={"sft": "base", "dpo": "sft", "rm": "sft", "rl": "sft"},
+                        configs={"default": {"datasets": {d: {"format": f} for d, f in fmt.items()}}},
+                        training=[{"variant": "default", "stage": "rl", "log": log, "info": {}}],
+                        generations=[{"dataset": "pc", "items": [
+                            {"id": "1", "prompt": "<b>q</b>", "reference": "A", "answers": {"sft": "B", "rl": "A"},
+                             "rewards": {"sft": 0.0, "rl": 1.0}}]}])
+
+
+def test_observations_lead_with_each_stages_goal_and_name_what_got_worse():
+    from tuneflow.report import observations
+
+    b = branch_bundle()
+    formats = {d: v["format"] for d, v in b["configs"]["default"]["datasets"].items()}
+    found = {o["stage"]: o for o in observations(b["summary"], b["stage_bases"], b["metric_direction"], formats)}
+    assert [g["text"] for g in found["rl"]["goal"]] == ["promptcblue_overall on pc: 40.00 → 44.00", "mean_reward on pc: 0.400 → 0.440"]
+    assert all(g["cls"] == "good" for g in found["rl"]["goal"])
+    assert found["rm"]["goal"] == [{"text": "pairwise_accuracy on pairs: 76.00 (chance: 50.00)", "cls": "good"}]
+    dpo = found["dpo"]
+    assert {(w["dataset"], w["metric"]) for w in dpo["worse"]} == {("pc", "promptcblue_overall"), ("txt", "perplexity")}
+    assert "alignment tax" in dpo["trade_off"]
+    # SFT's goal is on the data it trains on, not on the plain text it may forget
+    assert [g["text"] for g in found["sft"]["goal"]] == []
+    assert found["sft"]["better"] == 1 and found["sft"]["worse"] == []
+
+
+def test_report_shows_branches_side_by_side_and_generated_answers():
+    page = render_html(branch_bundle())
+    sec = page[page.index('<section id="branches">'):page.index('<section id="generations">')]
+    assert "From SFT: DPO, RM, RL" in sec and 'id="branches-sft"' in sec
+    assert "44.00 (+4.000)" in sec and "35.00 (-5.000)" in sec
+    assert 'data-series="RL"' in sec and "mean reward over training" in sec and "KL to the reference over training" in sec
+    gen = page[page.index('<section id="generations">'):page.index('<section id="training">')]
+    assert "&lt;b&gt;q&lt;/b&gt;" in gen and "<b>q</b>" not in gen  # user text is escaped
+    assert "A [1.000]" in gen and 'class="text good" title="equals the reference"' in gen
+    reading = page[page.index('<section id="reading">'):page.index('<section id="summary">')]
+    assert "alignment tax" in reading and "pairwise_accuracy on pairs: 76.00 (chance: 50.00)" in reading
+
+
+def test_training_section_charts_each_stages_own_curves():
+    page = render_html(branch_bundle())
+    rl = page[page.index('id="stage-rl"'):]
+    assert "rl: mean reward" in rl and "rl: KL to the reference" in rl and "rl: completion length (tokens)" in rl
+
+
+def test_generations_are_gathered_from_the_prediction_files(tmp_path):
+    from tuneflow.report import build_generations
+
+    jobs = []
+    for model, answers in (("sft", ["x", "y", "z", "w"]), ("rl", ["x2", "y2", "z2", "w2"])):
+        d = tmp_path / model
+        d.mkdir()
+        (d / "ds.json").write_text("{}")
+        (d / "ds.predictions.jsonl").write_text("".join(json.dumps(
+            {"id": str(i), "prompt": [{"role": "user", "content": f"q{i}"}], "prediction": a, "reference": "r",
+             **({"reward": 0.5} if model == "rl" else {})}) + "\n" for i, a in enumerate(answers)))
+        jobs.append(("default", model, "ds", str(d / "ds.json")))
+    (tmp_path / "pairs.json").write_text("{}")  # a dataset without generations
+    jobs.append(("default", "sft", "pairs", str(tmp_path / "pairs.json")))
+    gens = build_generations(jobs, per_dataset=3)
+    assert [g["dataset"] for g in gens] == ["ds"] and len(gens[0]["items"]) == 3
+    assert gens[0]["items"][1] == {"id": "1", "prompt": "q1", "reference": "r", "answers": {"sft": "y", "rl": "y2"},
+                                   "rewards": {"rl": 0.5}}

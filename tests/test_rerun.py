@@ -14,15 +14,19 @@ from pipeline import copy_project, planned_jobs
 
 pytestmark = pytest.mark.slow
 
-DOWNSTREAM_OF_SFT = {
-    ("train_sft", "results/adapters/sft"), ("merge", "results/merged/sft"),
-    ("train_dpo", "results/adapters/dpo"), ("merge", "results/merged/dpo"),
-    ("evaluate", "results/eval/sft"), ("evaluate", "results/eval/dpo"),
-    ("summarize", "results/eval/summary.tsv"), ("report", "results/report/index.html"),
-}
-ALL_EVALS = {("evaluate", f"results/eval/{m}") for m in ("base", "pt", "sft", "dpo")}
 REPORT = {("report", "results/report/index.html")}
 REPORTING = {("summarize", "results/eval/summary.tsv")} | REPORT
+
+
+def trained(*stages):
+    """The jobs of training, merging and evaluating each stage."""
+    return {j for s in stages for j in (("train_" + s, f"results/adapters/{s}"), ("merge", f"results/merged/{s}"),
+                                        ("evaluate", f"results/eval/{s}"))}
+
+
+BRANCHES = ("dpo", "rm", "rl", "kto")  # everything that starts from the merged SFT model
+DOWNSTREAM_OF_SFT = trained("sft", *BRANCHES) | REPORTING
+ALL_EVALS = {("evaluate", f"results/eval/{m}") for m in ("base", "pt", "sft", *BRANCHES)}
 
 
 @pytest.fixture
@@ -72,10 +76,21 @@ def test_raw_data_content_reruns_everything_downstream_of_that_dataset(project):
     raw.write_text("\n".join([json.dumps(first, ensure_ascii=False)] + lines[1:]) + "\n", encoding="utf-8")
     jobs = planned_jobs(project)
     tokenize = {j for j in jobs if j[0] == "tokenize"}
-    assert len(tokenize) == 1 and tokenize.pop()[1].startswith("results/tokenized/demo_pairs/dpo-")
-    assert jobs - {j for j in jobs if j[0] == "tokenize"} == {
-        ("convert", "results/data/demo_pairs"), ("train_dpo", "results/adapters/dpo"), ("merge", "results/merged/dpo"),
-    } | ALL_EVALS | REPORTING
+    # the pairs feed DPO and the reward model (the same rows) and KTO (unpaired); RL scores with the reward model
+    assert {j[1].rsplit("/", 1)[0] for j in tokenize} == {"results/tokenized/demo_pairs"}
+    assert {j[1].rsplit("/", 1)[1].split("-")[0] for j in tokenize} == {"dpo", "kto"} and len(tokenize) == 2
+    assert jobs - tokenize == {("convert", "results/data/demo_pairs")} | trained(*BRANCHES) | ALL_EVALS | REPORTING
+
+
+def test_rl_kl_coef_reruns_rl_and_what_follows_only(project):
+    change = overlay(project, {"stages": {"rl": {"kl_coef": 0.3}}})
+    assert planned_jobs(project, configs=[change]) == trained("rl") | REPORTING
+
+
+def test_disabling_dpo_leaves_the_rl_branch_untouched(project):
+    """Only the summary and the report change (they list one model less)."""
+    change = overlay(project, {"stages": {"dpo": {"enabled": False}}})
+    assert planned_jobs(project, configs=[change]) == REPORTING
 
 
 def test_editing_the_sft_recipe_reruns_sft_and_downstream(project):
@@ -94,7 +109,7 @@ def test_a_variant_changing_only_dpo_beta_reuses_pt_and_sft(project):
 
 
 def test_editing_the_deepspeed_config_reruns_the_stages_that_use_it(project):
-    """tests/config/ci.yaml trains every stage under zero2: all three rerun, data and base eval do not."""
+    """tests/config/ci.yaml trains every stage under zero2: all rerun, data and base eval do not."""
     ds = project / "config" / "deepspeed" / "zero2.json"
     before = ds.read_text()
     ds.write_text(before.replace('"allgather_bucket_size": 200000000', '"allgather_bucket_size": 100000000'))

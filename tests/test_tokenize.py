@@ -1,5 +1,6 @@
 """Tokenization: the template engine (tuneflow.templates) and rows, masks, truncation, counts and
-warnings (tuneflow.tokenize), on the tiny tokenizer and on real ones."""
+warnings (tuneflow.tokenize), on the tiny tokenizer and on real ones; KTO's unpaired rows, RL
+prompts, plain text mixed into SFT."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import pytest
 from tuneflow import templates
 from tuneflow.errors import ModelError, TuneflowError
 from tuneflow.templates import BUILTIN, Settings, encode, prompt_ids, stop_token_ids
-from tuneflow.tokenize import IGNORE, fit_turns, tokenize_dataset, tokenize_dpo, tokenize_pt, tokenize_sft
+from tuneflow.tokenize import (IGNORE, fit_turns, tokenize_dataset, tokenize_dpo, tokenize_kto, tokenize_prompts,
+                               tokenize_pt, tokenize_sft, tokenize_split)
 
 
 @pytest.fixture(scope="module")
@@ -228,3 +230,31 @@ def test_many_cut_records_warn_with_counts_and_ids_or_stop_the_job(tokenizer, tm
     with pytest.raises(TuneflowError, match=r"3 dropped \(e.g. r0, r1, r2\).*on_truncation"):
         tokenize_dataset(data, tokenizer, sft(max_length=24, on_truncation="error"), tmp_path / "out3")
     assert not (tmp_path / "out3").exists()
+
+
+def test_kto_unpairs_preference_pairs_and_keeps_unpaired_examples(tokenizer):
+    q = [{"role": "user", "content": "2 + 3"}]
+    recs = [{"messages": q, "chosen": "5", "rejected": "6"}, {"messages": q, "completion": "five", "label": True}]
+    rows, stats = tokenize_kto(recs, tokenizer, {"max_length": 64, "chat_template": "tokenizer"})
+    assert [(tokenizer.decode(r["completion_ids"]), r["label"]) for r in rows] == [
+        ("5<|im_end|>", True), ("6<|im_end|>", False), ("five<|im_end|>", True)]
+    assert all(tokenizer.decode(r["prompt_ids"]).endswith("<|im_start|>assistant\n") for r in rows)
+    assert stats == {"records": 2, "desirable": 2, "undesirable": 1, "unpaired_from_pairs": 1,
+                     "dropped_prompt_too_long": 0, "tokens": stats["tokens"]}
+    rows, stats = tokenize_kto(recs, tokenizer, {"max_length": 4, "chat_template": "tokenizer"})
+    assert rows == [] and stats["dropped_prompt_too_long"] == 3
+
+
+def test_rl_prompts_end_before_the_last_answer_which_becomes_the_reference(tokenizer):
+    recs = [{"id": "a", "messages": CONV, "meta": {"task_dataset": "KUAKE-QIC"}},
+            {"id": "b", "messages": [{"role": "user", "content": "word " * 100}, {"role": "assistant", "content": "x"}]}]
+    rows, stats = tokenize_prompts(recs, tokenizer, {"max_length": 64, "chat_template": "tokenizer"}, dataset="demo")
+    assert len(rows) == 1 and stats["dropped_prompt_too_long"] == 1
+    assert rows[0]["prompt"] == CONV[:-1] and rows[0]["reference"] == "tac"
+    assert json.loads(rows[0]["meta"]) == {"id": "a", "dataset": "demo", "task_dataset": "KUAKE-QIC"}
+
+
+def test_plain_text_mixed_into_sft_is_trained_on_every_token(tokenizer):
+    rows, stats = tokenize_split([{"text": "one two three"}] * 20, tokenizer, {"kind": "sft", "max_length": 16})
+    assert rows and all(r["labels"] == r["input_ids"] and len(r["input_ids"]) == 16 for r in rows)
+    assert stats["blocks"] == len(rows)

@@ -13,8 +13,9 @@ import functools
 import os
 
 from tuneflow import lora_targets, models, tiny_model
-from tuneflow.config import RESULTS, TINY_MODEL_DIR, enabled_stages
+from tuneflow.config import RESULTS, TINY_MODEL_DIR, enabled_stages, reward_stage
 from tuneflow.errors import ModelError
+from tuneflow.stages import STAGES
 from tuneflow.templates import BUILTIN
 
 
@@ -28,8 +29,26 @@ def _modules(path, trust_remote_code):
     return lora_targets.inventory_of_dir(path, trust_remote_code)
 
 
+def check_reward_models(cfg: dict, prefix: str = ""):
+    """A reward model given as a local directory: a sequence-classification model with one output
+    (a causal LM has no score head), checked from its config.json."""
+    for stage in enabled_stages(cfg):
+        key = STAGES[stage].rewards_key
+        for i, term in enumerate(cfg["stages"][stage][key] if key else []):
+            path = term.get("reward_model")
+            if path is None or reward_stage(path) or path.startswith(f"{RESULTS}/"):
+                continue
+            where = f"{prefix}stages.{stage}.{key}[{i}].reward_model"
+            if not os.path.isdir(path):
+                raise ModelError(f"config key '{where}': reward model directory '{path}' does not exist (give a local "
+                                 "directory, or rm for this workflow's reward model stage)")
+            spec = {"path": path, "trust_remote_code": False, "allow_unsafe_weights": False}
+            models.check_reward_model_config(models.check_model_dir(path, spec, key=where), path, where)
+
+
 def check_base_model(cfg: dict, variant: str = "default"):
     prefix = "" if variant == "default" else f"variants.{variant}."
+    check_reward_models(cfg, prefix)
     spec = cfg["base_model"]
     path = spec["path"]
     stages = enabled_stages(cfg)
@@ -48,7 +67,7 @@ def check_base_model(cfg: dict, variant: str = "default"):
         # the hub cannot be reached. Not here: a dry run must work on an offline login node.
         return
     model_cfg = models.check_model_dir(path, spec, key=f"{prefix}base_model")
-    needs_template = any(s in stages for s in ("sft", "dpo")) or any(
+    needs_template = any(STAGES[s].uses_chat_template for s in stages) or any(
         d["format"] != "text" for d in cfg["datasets"].values())
     tok = _tokenizer(path, bool(spec.get("trust_remote_code")))
     if needs_template and cfg["chat_template"] == "tokenizer" and not getattr(tok, "chat_template", None):

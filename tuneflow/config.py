@@ -24,7 +24,7 @@ import yaml
 from tuneflow import DEFAULT_VARIANT, deepspeed_config
 from tuneflow.cluster import processes_per_node
 from tuneflow.errors import ConfigError
-from tuneflow.stages import STAGE_NAMES, STAGES
+from tuneflow.stages import SEQUENCE_CLASSIFICATION, STAGE_NAMES, STAGES
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
@@ -66,6 +66,10 @@ def _walk_keys(instance, node, path, unknown):
     """Visit every key of `instance` against its schema `node`; call unknown(path, key, props) for
     a key the schema does not define there."""
     node = _deref(node)
+    if isinstance(instance, list) and isinstance(node, dict) and isinstance(node.get("items"), dict):
+        for i, item in enumerate(instance):
+            _walk_keys(item, node["items"], f"{path}[{i}]", unknown)
+        return
     if not isinstance(instance, dict) or not isinstance(node, dict):
         return
     props = node.get("properties", {})
@@ -90,6 +94,10 @@ def check_unknown_keys(instance, node=None, path=""):
 def fill_defaults(instance, node=None):
     """Fill schema defaults in place, creating nested objects so their own defaults apply."""
     node = _deref(schema() if node is None else node)
+    if isinstance(instance, list) and isinstance(node, dict) and isinstance(node.get("items"), dict):
+        for item in instance:  # e.g. the weight of each RL reward term
+            fill_defaults(item, node["items"])
+        return instance
     if not isinstance(instance, dict) or not isinstance(node, dict):
         return instance
     for key, sub in node.get("properties", {}).items():
@@ -325,6 +333,11 @@ def _semantic_checks(cfg, where=""):
             enabled = ["base", *(s for s in STAGE_NAMES if cfg["stages"][s]["enabled"])]
             raise ConfigError(f"{prefix}evaluation.models[{i}]", f"'{model}' is neither 'base' nor an enabled stage "
                               f"(models here: {', '.join(enabled)})")
+    for stage in STAGE_NAMES:
+        if STAGES[stage].rewards_key and cfg["stages"][stage]["enabled"]:
+            _check_rewards(cfg, stage, f"{prefix}stages.{stage}")
+        if "num_generations" in STAGES[stage].settings_keys and cfg["stages"][stage]["enabled"]:
+            _check_generation_groups(cfg["stages"][stage], f"{prefix}stages.{stage}")
     eval_ds = cfg["evaluation"]["datasets"]
     if eval_ds == [] and cfg["evaluation"]["enabled"]:
         raise ConfigError(f"{prefix}evaluation.datasets", "is empty: list the datasets to evaluate, leave the key out to "
@@ -384,6 +397,71 @@ def planning_notes(resolved: dict) -> list[str]:
                 notes.append(f"{prefix}stages.{usual[0]}.enabled is false, so {STAGES[stage].label} starts from "
                              f"{model} and is scored against it as its reference")
     return notes
+
+
+REWARD_SOURCES = ("reward_model", "verifiable", "function")
+
+
+def reward_stage(name) -> str | None:
+    """The stage a `reward_model` value names (its merged model is the reward model), or None for a path."""
+    return name if name in STAGES else None
+
+
+def function_module_file(dotted: str) -> str:
+    """The file of a `function` reward (module.function, relative to the project directory)."""
+    module = dotted.rsplit(".", 1)[0].replace(".", "/")
+    return f"{module}/__init__.py" if Path(module).is_dir() else f"{module}.py"
+
+
+def _check_rewards(cfg, stage, key):
+    """An RL stage's reward list: at least one term, each of exactly one kind, each usable here."""
+    st = cfg["stages"][stage]
+    rewards = st[STAGES[stage].rewards_key]
+    if not rewards:
+        raise ConfigError(f"{key}.rewards", f"stage '{stage}' is enabled but has no reward: add at least one of "
+                          "reward_model (rm, or a local directory), verifiable (promptcblue, exact_match) or function")
+    formats = {cfg["datasets"][d]["format"] for d in stage_datasets(cfg, stage)}
+    for i, term in enumerate(rewards):
+        where = f"{key}.rewards[{i}]"
+        kinds = [k for k in REWARD_SOURCES if k in term]
+        if len(kinds) != 1:
+            raise ConfigError(where, f"a reward term needs exactly one of {', '.join(REWARD_SOURCES)} (and a weight), "
+                              f"got {', '.join(kinds) or 'none'}")
+        if "reward_model" in term and (named := reward_stage(term["reward_model"])):
+            if STAGES[named].model_task != SEQUENCE_CLASSIFICATION:
+                raise ConfigError(f"{where}.reward_model", f"stage '{named}' is not a reward model (its merged model "
+                                  "has no score head); name the rm stage or a local reward model directory")
+            if not cfg["stages"][named]["enabled"]:
+                raise ConfigError(f"{where}.reward_model", f"names the '{named}' stage, which is not enabled; set "
+                                  f"stages.{named}.enabled: true (it trains the reward model) or give a local directory")
+        for j, name in enumerate(term.get("datasets") or []):
+            if name not in stage_datasets(cfg, stage):
+                raise ConfigError(f"{where}.datasets[{j}]", f"'{name}' does not feed stage '{stage}' (its datasets: "
+                                  f"{', '.join(stage_datasets(cfg, stage))})")
+        if term.get("verifiable") == "promptcblue" and "promptcblue" not in formats:
+            raise ConfigError(f"{where}.verifiable", f"promptcblue scores PromptCBLUE records, but no dataset with "
+                              f"format promptcblue feeds '{stage}' (its datasets: {', '.join(stage_datasets(cfg, stage))})")
+        if "function" in term:
+            if not st["trust_reward_code"]:
+                raise ConfigError(f"{where}.function", f"'{term['function']}' would run your Python code in the "
+                                  f"training job; set {key}.trust_reward_code: true if you trust it")
+            if not Path(function_module_file(term["function"])).is_file():
+                raise ConfigError(f"{where}.function", f"module file {function_module_file(term['function'])} of "
+                                  f"'{term['function']}' does not exist (module paths are relative to the project directory)")
+
+
+def _check_generation_groups(st, key):
+    """Online RL samples num_generations completions per prompt and needs whole groups in every
+    generation batch (ranks x per-device batch x gradient accumulation)."""
+    t, res = st["training"], st["resources"]
+    ranks = res["nodes"] * processes_per_node(res)
+    batch = ranks * t["per_device_batch_size"] * t["gradient_accumulation_steps"]
+    if batch % st["num_generations"]:
+        divisors = [d for d in range(2, batch + 1) if batch % d == 0]
+        raise ConfigError(f"{key}.num_generations", f"{st['num_generations']} does not divide the global batch of "
+                          f"{batch} completions ({ranks} ranks x per_device_batch_size {t['per_device_batch_size']} x "
+                          f"gradient_accumulation_steps {t['gradient_accumulation_steps']}); use one of "
+                          f"{', '.join(map(str, divisors)) or '(none: raise the batch to at least 2)'} or change the batch")
 
 
 def _explicit_quantization(raw: dict) -> dict:

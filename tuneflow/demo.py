@@ -37,7 +37,11 @@ def _tasks(rng: random.Random, atlas: dict):
     """Yield (instruction, input, output, wrong_output) for every task instance."""
     for a in range(10):
         for b in range(10):
-            wrong = (a + b + rng.choice([1, 2, 3, -1])) % 19
+            step = rng.choice([1, 2, 3, -1])
+            # Wrong sums on both sides of the right one (the side from the sum's parity, so the
+            # random stream is unchanged): with most wrong sums above, preference tuning learnt
+            # "smaller is better" and answered every sum too low.
+            wrong = (a + b + (step if (a + b) % 2 else -step)) % 19
             yield "Add the two numbers.", f"{a} + {b}", str(a + b), str(wrong)
             yield "计算两个数的和。", f"{a} + {b}", str(a + b), str(wrong)
     for w in WORDS:

@@ -64,6 +64,7 @@ def merge_adapter(settings: dict, adapter_dir, out_dir) -> dict:
     from tuneflow import models
 
     base_spec, finetuning = settings["base_model"], settings["finetuning"]
+    task = settings.get("task", "causal_lm")  # sequence_classification: a reward model (score head, no LM head)
     adapter_dir = Path(adapter_dir)
     verify_dir(adapter_dir)
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -72,7 +73,7 @@ def merge_adapter(settings: dict, adapter_dir, out_dir) -> dict:
             for pattern in MODEL_FILES:
                 for f in adapter_dir.glob(pattern):
                     shutil.copy2(f, tmp / f.name)
-            model = models.load_causal_lm({"path": str(tmp)}, tmp)  # the copy loads (safetensors)
+            model = models.load_causal_lm({"path": str(tmp)}, tmp, task=task)  # the copy loads (safetensors)
             check_finite(model, f"the trained model {adapter_dir}")
             check = {"method": "full fine-tuning: trained weights copied", "max_abs_diff": 0.0,
                      "parameters": sum(p.numel() for p in model.parameters())}
@@ -82,13 +83,17 @@ def merge_adapter(settings: dict, adapter_dir, out_dir) -> dict:
     base_dir = models.resolve_model_path(base_spec["path"], base_spec.get("revision"))
     verify_dir(base_dir, required=False)  # a model of the workflow's (merged, embedded) has a manifest
     # Unquantized, in the stored dtype, with the RoPE scaling the adapter was trained with.
-    base = models.load_causal_lm(base_spec, base_dir, rope_scaling=settings.get("rope_scaling")).to(device)
+    base = models.load_causal_lm(base_spec, base_dir, rope_scaling=settings.get("rope_scaling"), task=task).to(device)
     # Tokens a chat template added during training: the same rows, drawn the same way, before the
     # adapter (and any embeddings it trained in full) is applied.
     info = adapter_dir / "train_info.json"
     if info.is_file():
         models.resize_embeddings(base, json.loads(info.read_text()).get("vocab_size") or 0)
     dtype = base.dtype
+    if task == "sequence_classification":
+        # The score is read at the last non-padding token: the merged model must know the padding id.
+        tokenizer = models.load_tokenizer(adapter_dir, base_spec)
+        base.config.pad_token_id = tokenizer.pad_token_id
     model = PeftModel.from_pretrained(base, adapter_dir).to(device).eval()
     ids = _samples(base.config.vocab_size).to(device)
     with torch.no_grad():

@@ -280,8 +280,10 @@ def quantization_config(quantization: dict):
 
 
 def load_causal_lm(spec: dict, model_dir=None, *, rope_scaling: dict | None = None, quantization: dict | None = None,
-                   attn_implementation: str | None = None):
+                   attn_implementation: str | None = None, task: str = "causal_lm"):
     """Load the causal LM `spec` (a base_model block) names, from `model_dir` when already resolved.
+    `task` "sequence_classification": the same checkpoint (a causal LM or a reward model) with one
+    scalar output head instead of the LM head (tuneflow.stages: a reward model).
 
     Weights in the dtype `spec.torch_dtype` says (auto = as stored; QLoRA: its compute dtype),
     safetensors only unless `allow_unsafe_weights`, the model's own code only with
@@ -290,10 +292,13 @@ def load_causal_lm(spec: dict, model_dir=None, *, rope_scaling: dict | None = No
     (None: transformers' default)."""
     model_dir = model_dir or resolve_model_path(spec["path"], spec.get("revision"))
     model_cfg = check_model_dir(model_dir, spec)
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
+    config = load_model_config(model_dir, spec, rope_scaling)
+    if task == "sequence_classification":
+        config.num_labels = 1  # one scalar: the reward
     kwargs = {
-        "config": load_model_config(model_dir, spec, rope_scaling),
+        "config": config,
         "dtype": torch_dtype(spec.get("torch_dtype", "auto"), model_cfg),
         "trust_remote_code": bool(spec.get("trust_remote_code")),
         "use_safetensors": not spec.get("allow_unsafe_weights"),
@@ -304,7 +309,23 @@ def load_causal_lm(spec: dict, model_dir=None, *, rope_scaling: dict | None = No
         kwargs["quantization_config"] = quantization_config(quantization)
         if quantization["compute_dtype"] != "float32":
             kwargs["dtype"] = torch_dtype(quantization["compute_dtype"])
-    return AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
+    auto = AutoModelForSequenceClassification if task == "sequence_classification" else AutoModelForCausalLM
+    return auto.from_pretrained(model_dir, **kwargs)
+
+
+def check_reward_model_config(model_cfg: dict, path, key: str):
+    """A reward model is a sequence-classification model with one output (config.json only)."""
+    archs = model_cfg.get("architectures") or []
+    if not any(a.endswith("ForSequenceClassification") for a in archs):
+        what = f"a causal language model ({', '.join(archs)})" if any(a.endswith("ForCausalLM") for a in archs) \
+            else f"not a sequence-classification model (architectures: {', '.join(archs) or 'none'})"
+        raise ModelError(f"config key '{key}': the model at {path} is {what} without a score head; a reward model "
+                         "must be a sequence-classification model with one output (train one with the rm stage and "
+                         "set reward_model: rm)")
+    labels = len(model_cfg.get("id2label") or {}) or model_cfg.get("num_labels", 2)
+    if labels != 1:
+        raise ModelError(f"config key '{key}': the model at {path} has {labels} outputs (id2label); a reward model "
+                         "has one (the score)")
 
 
 def check_stage_against_model(st: dict, stage: str, path, model_cfg: dict, key: str, modules=None):

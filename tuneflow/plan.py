@@ -20,8 +20,8 @@ import json
 
 from tuneflow.cluster import processes_per_node
 from tuneflow import DEFAULT_VARIANT
-from tuneflow.config import RESULTS, TINY_MODEL_DIR, enabled_stages, stage_datasets
-from tuneflow.stages import STAGES
+from tuneflow.config import RESULTS, TINY_MODEL_DIR, enabled_stages, function_module_file, reward_stage, stage_datasets
+from tuneflow.stages import CAUSAL_LM, INSTRUCTION_FORMATS, SEQUENCE_CLASSIFICATION, STAGES
 
 
 def canonical(obj) -> str:
@@ -89,6 +89,8 @@ class Plan:
             "template": v["template"] if STAGES[stage].uses_chat_template else None,
             "upstream": self.lineage(variant, prev) if prev else {"base_model": self.model_spec(variant),
                                                                   "tiny_model": self._tiny_if_used(variant)},
+            **({"reward_models": {s: self.lineage(variant, s) for s in self.reward_stages(variant, stage)}}
+               if self.reward_stages(variant, stage) else {}),
         }
 
     def _tiny_if_used(self, variant):
@@ -123,7 +125,7 @@ class Plan:
 
     def stage_settings(self, variant, stage) -> dict:
         v = self.vcfg(variant)
-        return {
+        settings = {
             "stage": stage,
             "starts_from": self.base_stage(variant, stage),  # None: the base model
             "seed": v["seed"],
@@ -131,12 +133,50 @@ class Plan:
             "chat_template": v["chat_template"],
             **self.stage_own_settings(variant, stage),
         }
+        if STAGES[stage].rewards_key:
+            settings[STAGES[stage].rewards_key] = self.rewards(variant, stage)
+        return settings
 
     def merge_settings(self, variant, stage) -> dict:
         """What merging a stage's adapter into its base depends on (the merge rule's params)."""
         st = self.vcfg(variant)["stages"][stage]
-        return {"base_model": self.stage_base_spec(variant, stage), "finetuning": st["finetuning"],
-                "rope_scaling": st["training"]["rope_scaling"]}
+        s = {"base_model": self.stage_base_spec(variant, stage), "finetuning": st["finetuning"],
+             "rope_scaling": st["training"]["rope_scaling"]}
+        if STAGES[stage].model_task != CAUSAL_LM:
+            s["task"] = STAGES[stage].model_task  # a reward model: merged with its score head
+        return s
+
+    # -- rewards (online RL) --------------------------------------------------------------------
+
+    def _reward_terms(self, variant, stage) -> list:
+        key = STAGES[stage].rewards_key
+        return self.vcfg(variant)["stages"][stage][key] if key else []
+
+    def reward_stages(self, variant, stage) -> list[str]:
+        """Stages whose merged model is a reward model of `stage`."""
+        return [t["reward_model"] for t in self._reward_terms(variant, stage)
+                if reward_stage(t.get("reward_model")) and t["reward_model"] in self.stages(variant)]
+
+    def rewards(self, variant, stage) -> list[dict]:
+        """`stage`'s reward terms as its job reads them: a reward model named by its stage becomes
+        that stage's merged directory (so a retrained reward model reruns what it scores); a
+        function reward carries the module file it is read from."""
+        out = []
+        for term in self._reward_terms(variant, stage):
+            term = dict(term)
+            if "reward_model" in term and reward_stage(term["reward_model"]):
+                term = {**term, "reward_model": self.merged_dir(variant, term["reward_model"]), "stage": term["reward_model"]}
+            elif "function" in term:
+                term["file"] = function_module_file(term["function"])
+            out.append(term)
+        return out
+
+    def reward_inputs(self, variant, stage) -> list[str]:
+        """Files and directories the rewards read: reward models, the modules of function rewards."""
+        return [t.get("reward_model") or t["file"] for t in self.rewards(variant, stage) if "verifiable" not in t]
+
+    def rl_stage(self, variant) -> str | None:
+        return next((s for s in self.stages(variant) if STAGES[s].rewards_key), None)
 
     def stage_resources(self, variant, stage) -> dict:
         return self.vcfg(variant)["stages"][stage]["resources"]
@@ -201,12 +241,34 @@ class Plan:
 
     def eval_models(self, variant):
         chosen = self.vcfg(variant)["evaluation"]["models"]
-        return [m for m in ["base"] + self.stages(variant) if chosen is None or m in chosen]
+        return [m for m in ["base"] + [s for s in self.stages(variant) if self.model_eval_datasets(variant, s)]
+                if chosen is None or m in chosen]
 
     def eval_datasets(self, variant):
         v = self.vcfg(variant)
         names = v["evaluation"]["datasets"]
         return list(v["datasets"]) if names is None else list(names)
+
+    def model_task(self, model) -> str:
+        return STAGES[model].model_task if model in STAGES else CAUSAL_LM
+
+    def model_eval_datasets(self, variant, model) -> list[str]:
+        """A reward model is evaluated on preference pairs only (it scores, it does not generate)."""
+        names = self.eval_datasets(variant)
+        if self.model_task(model) == SEQUENCE_CLASSIFICATION:
+            return [d for d in names if self.vcfg(variant)["datasets"][d]["format"] == "preference"]
+        return names
+
+    def reward_scored(self, variant, model) -> str | None:
+        """The RL stage whose rewards also score `model`'s answers on the RL prompts' held-out
+        records: the RL model itself, the model it starts from and that model's other branches
+        (DPO, KTO), so that the report compares their mean reward side by side."""
+        rl = self.rl_stage(variant)
+        if rl is None or self.model_task(model) != CAUSAL_LM:
+            return None
+        start = self.base_stage(variant, rl) or "base"
+        branch_of = (self.base_stage(variant, model) or "base") if model in STAGES else None
+        return rl if model in (rl, start) or branch_of == start else None
 
     def model_dir_spec(self, variant, model) -> dict:
         if model == "base":
@@ -226,15 +288,21 @@ class Plan:
         its reference model and beta (implicit rewards)."""
         v = self.vcfg(variant)
         e = v["evaluation"]
-        datasets = {d: v["datasets"][d]["format"] for d in self.eval_datasets(variant)}
+        datasets = {d: v["datasets"][d]["format"] for d in self.model_eval_datasets(variant, model)}
         s = {"model": self.model_dir_spec(variant, model), "datasets": datasets, "chat_template": v["chat_template"],
              "template": v["template"], "max_samples": e["max_samples"], "batch_size": e["batch_size"], "seed": v["seed"]}
-        if any(f in ("alpaca", "sharegpt", "promptcblue") for f in datasets.values()):
+        if self.model_task(model) != CAUSAL_LM:
+            s["model_task"] = self.model_task(model)
+        if any(f in INSTRUCTION_FORMATS for f in datasets.values()):
             s.update({k: e[k] for k in ("max_new_tokens", "do_sample", "temperature")})
         reference = self.eval_reference_spec(variant, model)
         if reference and "preference" in datasets.values():
             s["reference"] = reference
             s["beta"] = v["stages"][model]["beta"]
+        rl = self.reward_scored(variant, model)
+        scored = [d for d in stage_datasets(v, rl) if d in datasets] if rl else []
+        if scored:
+            s["rewards"] = {"terms": self.rewards(variant, rl), "datasets": scored}
         return s
 
     def eval_lineage(self, variant, model):
@@ -263,7 +331,7 @@ class Plan:
             if not self.vcfg(variant)["evaluation"]["enabled"]:
                 continue
             for model in self.eval_models(variant):
-                for dataset in self.eval_datasets(variant):
+                for dataset in self.model_eval_datasets(variant, model):
                     jobs.append((variant, model, dataset, f"{self.eval_dir(variant, model)}/{dataset}.json"))
         return jobs
 

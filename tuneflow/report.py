@@ -29,9 +29,14 @@ MODEL_ORDER = ("base", *STAGE_NAMES)
 STAGE_ORDER = STAGE_NAMES
 # (label, newer model, older model): the deltas shown next to the per-model values.
 DELTA_PAIRS = tuple((f"{s.label} − {STAGES[s.compared_with].label if s.compared_with in STAGES else s.compared_with}",
-                     s.name, s.compared_with) for s in STAGES.values())
-METRIC_ORDER = ("rougeL", "bleu4", "exact_match", "eval_loss", "perplexity",
-                "preference_accuracy", "reward_margin", "promptcblue_overall")
+                     s.name, s.compared_with) for s in STAGES.values() if s.compared_with)
+METRIC_ORDER = ("rougeL", "bleu4", "exact_match", "eval_loss", "perplexity", "promptcblue_overall", "mean_reward",
+                "preference_accuracy", "reward_margin", "logp_accuracy", "pairwise_accuracy", "mean_margin")
+# What a random guess scores (percentages of pairs ranked right): the yardstick of a model with no
+# model before it to compare with (the reward model).
+CHANCE = {"pairwise_accuracy": 50.0, "preference_accuracy": 50.0, "logp_accuracy": 50.0}
+GENERATIONS_PER_DATASET = 3   # held-out prompts shown per dataset with every model's answer
+ANSWER_CHARS = 400            # longer texts are cut (and say so) in that table
 # Used only when the bundle has no `metric_direction` at all; otherwise the bundle's map rules and
 # every metric it does not name is higher-is-better.
 DEFAULT_METRIC_DIRECTION = LOWER_IS_BETTER
@@ -101,6 +106,7 @@ def build_bundle(summary_path, eval_jobs, trained, configs, repo_dir, title="tun
             data_seen[d["dataset"]] = {"dataset": d["dataset"], "files": d["sources"],
                                        "kept": d["counts"]["kept"], "dropped": d["counts"]["dropped"]}
     examples = _examples(trained)
+    generations = build_generations(eval_jobs)
     promptcblue = []
     for variant, model, dataset, path in eval_jobs:
         res = read_json(path)
@@ -117,6 +123,8 @@ def build_bundle(summary_path, eval_jobs, trained, configs, repo_dir, title="tun
         "tokenization": tokenization_rows(tokenized),
         "promptcblue": promptcblue,
         "examples": examples,
+        "generations": generations,
+        "stage_bases": stage_bases((configs or {}).get(DEFAULT_VARIANT) or {}),
         "configs": configs,
         "provenance": {**git_state(repo_dir),
                        "packages": merge_per_stage(packages) if packages else versions(),
@@ -140,6 +148,42 @@ def _examples(trained) -> list:
             out.append({"variant": variant, "stage": stage, "dataset": Path(meta.get("source", d)).name,
                         "dir": d, "template": meta.get("settings", {}).get("chat_template"), **read_json(path)})
     return out
+
+
+def stage_bases(cfg: dict) -> dict:
+    """stage -> the model it starts from ("base" or a stage), for the stages `cfg` enables."""
+    enabled = [s for s in STAGE_NAMES if ((cfg.get("stages") or {}).get(s) or {}).get("enabled")]
+    return {s: next((b for b in STAGES[s].starts_from if b in enabled), "base") for s in enabled}
+
+
+def _prompt_text(prompt) -> str:
+    if isinstance(prompt, list):  # messages: the last user turn is the question
+        return next((m.get("content", "") for m in reversed(prompt) if m.get("role") == "user"), "")
+    return str(prompt or "")
+
+
+def build_generations(eval_jobs, per_dataset: int = GENERATIONS_PER_DATASET) -> list:
+    """For the first held-out records of each dataset with generated answers: the prompt, the
+    reference and every evaluated model's answer (and its reward, where it was scored)."""
+    by_dataset: dict = {}
+    for variant, model, dataset, path in eval_jobs:
+        preds = Path(str(path)[: -len(".json")] + ".predictions.jsonl")
+        if not preds.is_file():
+            continue
+        with open(preds, encoding="utf-8") as f:
+            rows = [json.loads(line) for line, _ in zip(f, range(per_dataset))]
+        if not rows:
+            continue
+        column = model if variant == DEFAULT_VARIANT else f"{variant}/{model}"
+        entry = by_dataset.setdefault(dataset, {"dataset": dataset, "items": {}})
+        for r in rows:
+            item = entry["items"].setdefault(str(r.get("id")), {"id": r.get("id"), "prompt": _prompt_text(r.get("prompt")),
+                                                               "reference": r.get("reference"), "answers": {},
+                                                               "rewards": {}})
+            item["answers"][column] = r.get("prediction")
+            if r.get("reward") is not None:
+                item["rewards"][column] = r["reward"]
+    return [{"dataset": d["dataset"], "items": list(d["items"].values())} for d in by_dataset.values()]
 
 
 # --------------------------------------------------------------------------- small pure helpers
@@ -333,6 +377,52 @@ def variant_deltas(summary) -> list[dict]:
                          "default": b, "value": a,
                          "delta": None if a is None or b is None else a - b})
     return rows
+
+
+def _metric_label(dataset, metric) -> str:
+    return f"{metric} on {dataset}" if dataset else metric
+
+
+def observations(summary, bases: dict, directions: dict, formats: dict | None = None) -> list[dict]:
+    """What each stage of the default variant did, from the numbers: its goal metrics (on the
+    datasets of the formats it trains on; `formats`: dataset -> format) against the model it is
+    compared with (or chance), how many other numbers got better or worse, the ones that got
+    worse, and the stage's own explanation of that trade-off (tuneflow.stages).
+
+    Returns [{"stage", "label", "against", "goal": [{"text", "cls"}], "better", "worse": [...],
+    "trade_off"}] in stage order."""
+    pivot = {k[1:]: v for k, v in pivot_summary(summary).items() if k[0] == DEFAULT_VARIANT}
+    present = {m for values in pivot.values() for m in values}
+    out = []
+    for stage in STAGE_NAMES:
+        if stage not in present:
+            continue
+        st = STAGES[stage]
+        against = st.compared_with if st.compared_with in present else None
+        goal, better, worse = [], 0, []
+        for (dataset, metric), values in sorted(pivot.items(), key=lambda kv: (_order_key(kv[0][1], METRIC_ORDER), kv[0][0])):
+            new = as_number(values.get(stage))
+            if new is None:
+                continue
+            old = as_number(values.get(against)) if against else None
+            is_goal = metric in st.goal and (formats is None or formats.get(dataset) in st.formats)
+            if old is None and is_goal and metric in CHANCE:
+                cls = "good" if new > CHANCE[metric] else "bad"
+                goal.append({"text": f"{_metric_label(dataset, metric)}: {fmt_num(new)} (chance: {fmt_num(CHANCE[metric])})",
+                             "cls": cls})
+                continue
+            if old is None:
+                continue
+            cls = delta_class(metric, new - old, directions)
+            if is_goal:
+                goal.append({"text": f"{_metric_label(dataset, metric)}: {fmt_num(old)} → {fmt_num(new)}", "cls": cls})
+            elif cls == "good":
+                better += 1
+            elif cls == "bad":
+                worse.append({"dataset": dataset, "metric": metric, "old": old, "new": new})
+        out.append({"stage": stage, "label": st.label, "against": against, "goal": goal, "better": better,
+                    "worse": worse, "trade_off": st.trade_off, "starts_from": bases.get(stage)})
+    return out
 
 
 def nice_ticks(lo: float, hi: float, target: int = 5, integer: bool = False) -> list[float]:
@@ -660,6 +750,13 @@ def _training_section(bundle, colors) -> str:
                                      width=420, height=240, y_from_zero=True, css_class="chart lr"))
         else:
             charts.append(_none(f"{stage}: no learning-rate values logged"))
+        for key, label in (STAGES[stage].curves if stage in STAGES else ()):
+            lines = [{"name": str(e.get("variant") or DEFAULT_VARIANT),
+                      "color": colors.get(str(e.get("variant") or DEFAULT_VARIANT), PALETTE[0]),
+                      "points": series(_list(e.get("log")), key)} for e in runs]
+            if any(ln["points"] for ln in lines):
+                charts.append(line_chart(f"{stage}: {label}", lines, y_label=label, width=420, height=240,
+                                         css_class="chart curve"))
         info_rows = []
         for e in runs:
             info = _dict(e.get("info"))
@@ -704,6 +801,116 @@ def _tokenization_section(bundle) -> str:
             + _table(["dataset", "stage", "split", "records", "kept", "truncated", "dropped", "examples / blocks"],
                      rows, cls="tokenization", tid="tokenization-table", numeric={3, 4, 5, 6}, row_classes=classes))
     return _section("data", "Data kept, truncated, dropped", body)
+
+
+def _reading_section(bundle, directions) -> str:
+    """The results in sentences: what each stage was for, whether it did it, what it cost."""
+    datasets = _dict(_dict(_dict(bundle.get("configs")).get(DEFAULT_VARIANT)).get("datasets"))
+    formats = {name: d.get("format") for name, d in datasets.items() if isinstance(d, dict)} or None
+    found = observations(_list(bundle.get("summary")), _dict(bundle.get("stage_bases")), directions, formats)
+    if not found:
+        return _section("reading", "Reading the results", _none("none (no evaluation results)"))
+    items = []
+    for o in found:
+        against = STAGES[o["against"]].label if o["against"] in STAGES else o["against"]
+        head = f'<b>{esc(o["label"])}</b>' + (f' <span class="muted">vs {esc(against)}</span>' if against else "")
+        goal = "; ".join(f'<span class="pill {esc(g["cls"])}">{esc(g["text"])}</span>' for g in o["goal"])
+        rest = ""
+        if o["against"]:
+            rest = f" Other numbers: {o['better']} better, {len(o['worse'])} worse"
+            if o["worse"]:
+                shown = sorted(o["worse"], key=lambda w: -abs(w["new"] - w["old"]) / (abs(w["old"]) or 1.0))[:4]
+                rest += " (" + ", ".join(f"{_metric_label(w['dataset'], w['metric'])} {fmt_num(w['old'])} → "
+                                         f"{fmt_num(w['new'])}" for w in shown) + ("…" if len(o["worse"]) > 4 else "") + ")"
+            rest = esc(rest + ".")
+        why = (f'<div class="hint">{esc(o["trade_off"])}</div>' if o["worse"] and o["trade_off"] else "")
+        items.append(f"<li>{head}: {goal or esc('no goal metric evaluated')}.{rest}{why}</li>")
+    body = ('<p class="hint">Each stage against the model it is compared with (the delta columns of the summary): '
+            'first the numbers it exists to improve, then how the others moved, and why a number can get worse.</p>'
+            f'<ul class="reading">{"".join(items)}</ul>')
+    return _section("reading", "Reading the results", body)
+
+
+def _branches_section(bundle, colors, directions) -> str:
+    """Stages that start from the same model, side by side: their evaluation next to that model's,
+    and their training curves (reward, KL, margins, completion length) on shared charts."""
+    bases = _dict(bundle.get("stage_bases"))
+    groups: dict = {}
+    for stage, start in bases.items():
+        groups.setdefault(start, []).append(stage)
+    groups = {start: sorted(st, key=lambda x: _order_key(x, STAGE_ORDER)) for start, st in groups.items() if len(st) > 1}
+    if not groups:
+        return _section("branches", "Branches", _none("none (no two stages start from the same model)"))
+    pivot = {k[1:]: v for k, v in pivot_summary(_list(bundle.get("summary"))).items() if k[0] == DEFAULT_VARIANT}
+    training = [e for e in _list(bundle.get("training")) if isinstance(e, dict)
+                and str(e.get("variant") or DEFAULT_VARIANT) == DEFAULT_VARIANT]
+    body = []
+    for start, stages in groups.items():
+        cols = [start] + stages
+        rows = []
+        for (dataset, metric), values in sorted(pivot.items(), key=lambda kv: (kv[0][0], _order_key(kv[0][1], METRIC_ORDER))):
+            if not any(as_number(values.get(s)) is not None for s in stages):
+                continue
+            ref = as_number(values.get(start))
+            row = [_td(dataset), _td(metric, "metric"), _dir_td(metric, directions), _num_td(values.get(start))]
+            for s in stages:
+                v = as_number(values.get(s))
+                if v is None or ref is None:
+                    row.append(_num_td(v))
+                    continue
+                c = delta_class(metric, v - ref, directions)
+                row.append(_td(f"{fmt_num(v)} ({fmt_num(v - ref, signed=True)})", f"num delta {c}",
+                               title=f"{s}: {v:.6g}, {start}: {ref:.6g}", sort=repr(v)))
+            rows.append(row)
+        labels = [STAGES[c].label if c in STAGES else c for c in cols]
+        body.append(f'<h3>From {esc(labels[0])}: {esc(", ".join(labels[1:]))}</h3>'
+                    '<p class="hint">Each branch next to the model it starts from; in brackets its change from it, '
+                    'coloured better / worse.</p>'
+                    + _table(["dataset", "metric", ""] + labels, rows, cls="branches", tid=f"branches-{start}",
+                             numeric=set(range(3, 3 + len(cols)))))
+        by_label: dict = {}
+        for i, s in enumerate(stages):
+            for key, label in STAGES[s].curves:
+                name = label.split(" (")[0]
+                pts = [p for e in training if e.get("stage") == s for p in series(_list(e.get("log")), key)]
+                if pts:
+                    by_label.setdefault(name, []).append({"name": STAGES[s].label, "color": PALETTE[(i + 1) % len(PALETTE)],
+                                                          "points": pts})
+        charts = [line_chart(f"{name} over training", lines, y_label=name, width=420, height=240, css_class="chart branch")
+                  for name, lines in by_label.items()]
+        body.append(f'<div class="charts">{"".join(charts)}</div>' if charts else _none("no curves logged"))
+    return _section("branches", "Branches side by side", "".join(body))
+
+
+def _clip(text) -> str:
+    text = "" if text is None else str(text)
+    return text if len(text) <= ANSWER_CHARS else text[:ANSWER_CHARS] + f"… ({len(text) - ANSWER_CHARS} more characters)"
+
+
+def _generations_section(bundle) -> str:
+    entries = [e for e in _list(bundle.get("generations")) if isinstance(e, dict)]
+    if not entries:
+        return _section("generations", "Generated answers", _none("none (no generated answers)"))
+    body = ['<p class="hint">The first held-out prompts of each dataset: the reference answer and what each model '
+            'generated (greedy); the RL reward of an answer in brackets where it was scored. An answer equal to the '
+            'reference is marked.</p>']
+    for e in entries:
+        items = [i for i in _list(e.get("items")) if isinstance(i, dict)]
+        models = model_columns({m for i in items for m in _dict(i.get("answers"))})
+        rows = []
+        for i in items:
+            ref = str(i.get("reference") or "")
+            row = [_td(_clip(i.get("prompt")), "text"), _td(_clip(ref), "text ref")]
+            for m in models:
+                answer = _dict(i.get("answers")).get(m)
+                reward = as_number(_dict(i.get("rewards")).get(m))
+                text = _clip(answer) + (f" [{fmt_num(reward)}]" if reward is not None else "")
+                same = answer is not None and str(answer).strip() == ref.strip()
+                row.append(_td(text, "text" + (" good" if same else ""), title="equals the reference" if same else ""))
+            rows.append(row)
+        body.append(f"<h3>{esc(e.get('dataset'))}</h3>"
+                    + _table(["prompt", "reference"] + models, rows, cls="generations", sortable=False))
+    return _section("generations", "Generated answers", "".join(body))
 
 
 def _promptcblue_section(bundle) -> str:
@@ -909,6 +1116,8 @@ details{margin:8px 0} summary{cursor:pointer;color:var(--accent)}
 pre.example{white-space:pre-wrap;word-break:break-all;background:var(--zebra);border:1px solid var(--line);
  border-radius:6px;padding:8px 10px;font-size:.85em;max-height:24em;overflow:auto}
 pre.example mark{background:var(--good);color:var(--goodfg)}
+ul.reading li{margin:6px 0} td.text{white-space:pre-wrap;max-width:320px;word-break:break-word}
+td.ref{color:var(--muted)}
 footer{margin-top:40px;color:var(--muted);font-size:.85em}
 @media print{thead th{position:static} nav{display:none}}
 """
@@ -952,7 +1161,9 @@ def _header(bundle, colors) -> str:
             '<div class="cards">' + "".join(
                 f'<div class="card"><div class="k">{esc(k)}</div><div class="v">{esc(v)}</div></div>'
                 for k, v in cards) + "</div>"
-            '<nav><a href="#summary">Summary</a><a href="#training">Training curves</a><a href="#data">Data</a>'
+            '<nav><a href="#reading">Reading the results</a><a href="#summary">Summary</a>'
+            '<a href="#branches">Branches</a><a href="#generations">Generated answers</a>'
+            '<a href="#training">Training curves</a><a href="#data">Data</a>'
             '<a href="#promptcblue">PromptCBLUE</a><a href="#examples">Examples</a><a href="#configs">Config diff</a>'
             '<a href="#provenance">Provenance</a></nav></header>')
 
@@ -971,7 +1182,10 @@ def render_html(bundle: dict) -> str:
         '<meta name="referrer" content="no-referrer">',
         f"<title>{esc(title)}</title><style>{CSS}</style></head><body><main>",
         _header(bundle, colors),
+        _reading_section(bundle, directions),
         _summary_section(bundle, directions),
+        _branches_section(bundle, colors, directions),
+        _generations_section(bundle),
         _training_section(bundle, colors),
         _tokenization_section(bundle),
         _promptcblue_section(bundle),

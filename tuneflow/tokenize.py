@@ -6,8 +6,15 @@ example.json (the first training row with its loss-carrying tokens marked: tunef
        document-end token, special_tokens.document_end_id) joined and cut into blocks of exactly
        max_length tokens
   sft: {"input_ids", "labels"}  the chat template's rows (tuneflow.templates): labels are -100
-       outside the answers when mask_prompt is on; cut to length as `truncation` says
-  dpo: {"prompt_ids", "chosen_ids", "rejected_ids"}  as TRL's DPOTrainer builds them
+       outside the answers when mask_prompt is on; cut to length as `truncation` says. Plain
+       text (a text dataset mixed into SFT) is cut into PT's blocks, every token a label
+  dpo: {"prompt_ids", "chosen_ids", "rejected_ids"}  as TRL's DPOTrainer builds them (the reward
+       model reads the same rows: prompt + chosen, prompt + rejected)
+  kto: {"prompt_ids", "completion_ids", "label"}  unpaired; a preference pair gives one desirable
+       (chosen) and one undesirable (rejected) row
+  prompt: {"prompt", "reference", "meta"}  online RL: the conversation up to the last assistant turn
+       (messages: the RL trainer renders and samples it), that turn as the reference answer, the
+       record's meta (JSON) for verifiable rewards; prompts longer than max_length are dropped
 Changing the learning rate never re-tokenizes; changing max length, template or tokenizer does,
 because they are part of the cache key (the directory name) and of the rule's params.
 
@@ -260,6 +267,53 @@ def tokenize_dpo(records, tokenizer, settings: dict):
     return rows, stats
 
 
+def _prompt_and_answer(tokenizer, messages, answer, tpl, tools=None):
+    """(prompt ids, answer ids) of a conversation with `answer` as its last turn: the prompt is the
+    template's row up to the answer (what generation is given), the answer what SFT would train."""
+    enc = templates.encode(tokenizer, messages + [_assistant(answer)], tpl, tools=tools)
+    return [t for s, g in enc.turns[:-1] for t in s + g] + enc.turns[-1][0], enc.turns[-1][1]
+
+
+def tokenize_kto(records, tokenizer, settings: dict):
+    """Unpaired (prompt, completion, desirable?) rows; preference pairs are unpaired here (one
+    desirable, one undesirable row). A prompt that fills max_length is dropped."""
+    tpl = template_settings(settings)
+    rows = []
+    stats = {"records": len(records), "desirable": 0, "undesirable": 0, "unpaired_from_pairs": 0,
+             "dropped_prompt_too_long": 0, "tokens": 0}
+    for r in records:
+        pairs = [(r["chosen"], True), (r["rejected"], False)] if "chosen" in r else [(r["completion"], r["label"])]
+        if len(pairs) == 2:
+            stats["unpaired_from_pairs"] += 1
+        for completion, label in pairs:
+            p, c = _prompt_and_answer(tokenizer, r["messages"], completion, tpl, r.get("tools"))
+            if len(p) >= settings["max_length"]:
+                stats["dropped_prompt_too_long"] += 1
+                continue
+            rows.append({"id": r.get("id"), "prompt_ids": p, "completion_ids": c, "label": bool(label)})
+            stats["desirable" if label else "undesirable"] += 1
+            stats["tokens"] += len(p) + len(c)
+    return rows, stats
+
+
+def tokenize_prompts(records, tokenizer, settings: dict, dataset=None):
+    """Online-RL prompts: the conversation before its last assistant turn, that turn as reference;
+    meta carries the record's id, its dataset's name and its own meta (PromptCBLUE task...)."""
+    tpl = template_settings(settings)
+    rows = []
+    stats = {"records": len(records), "dropped_prompt_too_long": 0, "prompt_tokens": 0}
+    for r in records:
+        prompt = r["messages"][:-1]
+        n = len(templates.prompt_ids(tokenizer, prompt, tpl))
+        if n > settings["max_length"]:
+            stats["dropped_prompt_too_long"] += 1
+            continue
+        stats["prompt_tokens"] += n
+        rows.append({"prompt": prompt, "reference": r["messages"][-1]["content"],
+                     "meta": json.dumps({"id": r["id"], "dataset": dataset, **(r.get("meta") or {})}, ensure_ascii=False)})
+    return rows, stats
+
+
 def _assistant(response):
     """A preference response as a message: text, or an assistant message that calls tools."""
     return response if isinstance(response, dict) else {"role": "assistant", "content": response}
@@ -287,26 +341,46 @@ def check_tool_support(records, tokenizer, settings, dataset=""):
 class Kind:
     """A kind of tokenized rows: its columns (name -> Arrow value type) and how a batch of
     canonical records becomes rows (+ counts that add up over batches). `packed`: the rows are
-    PT blocks cut from the token stream of all batches (the function returns that stream)."""
+    PT blocks cut from the token stream of all batches (the function returns that stream; every
+    column holds the block). `streamed: False`: columns that are not lists of ids (KTO's label, RL's
+    prompt messages); the split's rows are collected and saved at once (RL and KTO data are small)."""
     columns: dict
     rows: object  # (records, tokenizer, settings) -> (rows, stats), or the token stream when packed
     packed: bool = False
+    streamed: bool = True
 
 
 KINDS = {
     "pt": Kind({"input_ids": "int32"}, pt_token_stream, packed=True),
     "sft": Kind({"input_ids": "int32", "labels": "int64"}, tokenize_sft),
+    # Plain text mixed into SFT (so that it forgets less of it): PT's blocks, every token a label.
+    "sft_text": Kind({"input_ids": "int32", "labels": "int64"}, pt_token_stream, packed=True),
     "dpo": Kind({"prompt_ids": "int64", "chosen_ids": "int64", "rejected_ids": "int64"}, tokenize_dpo),
+    "kto": Kind({"prompt_ids": "int64", "completion_ids": "int64", "label": "bool"}, tokenize_kto, streamed=False),
+    "prompt": Kind({"prompt": None, "reference": None, "meta": None},
+                   lambda recs, tok, s: tokenize_prompts(recs, tok, s, s.get("_dataset")), streamed=False),
 }
 
 
-def tokenize_split(records, tokenizer, settings):
+def rows_kind(kind: str, data_dir) -> str:
+    """The kind of rows a dataset gives: SFT fed with plain text gets PT's blocks."""
+    if kind != "sft":
+        return kind
+    with open(Path(data_dir) / "train.jsonl", encoding="utf-8") as f:
+        first = next((line for line in f if line.strip()), None)
+    return "sft_text" if first is not None and "text" in json.loads(first) else kind
+
+
+def tokenize_split(records, tokenizer, settings, dataset=None):
     """Rows and counts of a list of records (the streaming job below does the same batch by batch)."""
     check_tool_support(records, tokenizer, settings)
     kind = settings["kind"]
-    if kind == "pt":
-        return tokenize_pt(records, tokenizer, settings)
-    return KINDS[kind].rows(records, tokenizer, settings)
+    if kind == "sft" and records and "text" in records[0]:
+        kind = "sft_text"
+    if KINDS[kind].packed:
+        rows, stats = tokenize_pt(records, tokenizer, settings)
+        return [{c: r["input_ids"] for c in KINDS[kind].columns} for r in rows], stats
+    return KINDS[kind].rows(records, tokenizer, {**settings, "_dataset": dataset})
 
 
 # -- the job --------------------------------------------------------------------------------------
@@ -333,13 +407,15 @@ def _tokenize_batch(lines, job):
     """In a worker: JSON lines -> ({column: (lengths, values)} as numpy arrays, stats)."""
     import numpy as np
 
-    tokenizer, settings = job["tokenizer"], job["settings"]
-    kind = KINDS[settings["kind"]]
+    tokenizer, settings = job["tokenizer"], {**job["settings"], "_dataset": job["dataset"]}
+    kind = KINDS[job["kind"]]
     records = [json.loads(line) for line in lines]
     check_tool_support(records, tokenizer, settings, job["dataset"])
     if kind.packed:
         return np.asarray(kind.rows(records, tokenizer, settings), dtype=np.int64), {"records": len(records)}
     rows, stats = kind.rows(records, tokenizer, settings)
+    if not kind.streamed:
+        return [{c: r[c] for c in kind.columns} for r in rows], stats
     columns = {}
     for name, dtype in kind.columns.items():
         lengths = np.fromiter((len(r[name]) for r in rows), dtype=np.int64, count=len(rows))
@@ -441,21 +517,27 @@ class ArrowShards:
             json.dump({k: info[k] for k in sorted(info)}, f, indent=2)
 
 
-def _write_split(path: Path, out: Path, tokenizer, settings, pool: OrderedPool, progress: Progress, counted: dict):
+def _write_split(path: Path, out: Path, kind_name: str, tokenizer, settings, pool: OrderedPool, progress: Progress,
+                 counted: dict):
     """Tokenize one split file into Arrow shards under `out`; -> (stats, rows written, the first row)."""
     import numpy as np
 
-    kind = KINDS[settings["kind"]]
+    kind = KINDS[kind_name]
+    if not kind.streamed:
+        return _write_split_at_once(path, out, kind, tokenizer, settings, pool, progress, counted)
     shards = ArrowShards(out, kind.columns)
     packer = PTBlocks(settings["max_length"]) if kind.packed else None
     stats = dict(kind.rows([], tokenizer, settings)[1]) if not packer else None
     first = None
+
+    def blocks_as_columns(blocks, length):
+        return {name: (np.full(len(blocks), length), blocks.reshape(-1)) for name in kind.columns}
+
     for batch, (result, batch_stats) in pool.map(_tokenize_batch, _batches(path, counted)):
         counted["records"] += len(batch)
         progress.update(counted["records"], counted["bytes"])
         if packer:
-            blocks = packer.feed(result, len(batch))
-            columns = {"input_ids": (np.full(len(blocks), packer.max_length), blocks.reshape(-1))}
+            columns = blocks_as_columns(packer.feed(result, len(batch)), packer.max_length)
         else:
             _add_stats(stats, batch_stats)
             columns = result
@@ -463,12 +545,25 @@ def _write_split(path: Path, out: Path, tokenizer, settings, pool: OrderedPool, 
         shards.write(columns)
     if packer:
         last = packer.finish()
-        columns = {"input_ids": (np.full(len(last), last.shape[1]), last.reshape(-1))}
+        columns = blocks_as_columns(last, last.shape[1])
         first = first or _first_row(columns)
         shards.write(columns)
         stats = packer.stats()
     shards.finish()
     return stats, shards.rows, first
+
+
+def _write_split_at_once(path, out, kind, tokenizer, settings, pool, progress, counted):
+    from datasets import Dataset
+
+    stats, rows = dict(kind.rows([], tokenizer, settings)[1]), []
+    for batch, (result, batch_stats) in pool.map(_tokenize_batch, _batches(path, counted)):
+        counted["records"] += len(batch)
+        progress.update(counted["records"], counted["bytes"])
+        _add_stats(stats, batch_stats)
+        rows += result
+    Dataset.from_dict({c: [r[c] for r in rows] for c in kind.columns}).save_to_disk(str(out))
+    return stats, len(rows), None
 
 
 def _add_stats(total: dict, stats: dict):
@@ -506,14 +601,15 @@ def tokenize_dataset(data_dir, tokenizer, settings: dict, out_dir, workers: int 
     total = sum(p.stat().st_size for p in paths.values())
     # One core per worker: the tokenizer's own threads would compete with the other workers.
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    job = {"tokenizer": tokenizer, "settings": settings, "dataset": name}
+    kind_name = rows_kind(kind, data_dir)
+    job = {"tokenizer": tokenizer, "settings": settings, "dataset": name, "kind": kind_name}
     with OrderedPool(min(workers, 1 + total // BATCH_BYTES), job) as pool:
         progress = Progress(f"tokenize {name} ({kind}, {pool.workers} worker{'s' if pool.workers > 1 else ''})",
                             total, every=progress_every)
         counted = {"records": 0, "bytes": 0}
         with atomic_dir(out_dir, rule="tokenize") as tmp:
             for split, path in paths.items():
-                stats, rows, first = _write_split(path, tmp / split, tokenizer, settings, pool, progress, counted)
+                stats, rows, first = _write_split(path, tmp / split, kind_name, tokenizer, settings, pool, progress, counted)
                 if split == "train" and not rows and not held_out:
                     raise TuneflowError(f"{data_dir}/train.jsonl: no sample left after tokenization "
                                         f"({json.dumps({k: v for k, v in stats.items() if not k.endswith('examples')})}); "

@@ -3,6 +3,7 @@
 Canonical records (one JSON object per line in results/data/<name>/{train,validation}.jsonl):
   instruction data:  {"id", "messages": [...], "tools"?, "meta"?}
   preference pairs:  {"id", "messages": [...prompt, ending with a user or tool turn], "chosen", "rejected", "tools"?}
+  unpaired (KTO):    {"id", "messages": [...prompt, ending with a user turn], "completion", "label"}
   pre-training text: {"id", "text"}
 A message is {"role": "system"|"user"|"assistant"|"tool", "content"}; an assistant message that
 calls tools also has "tool_calls": [{"type": "function", "function": {"name", "arguments": {...}}}]
@@ -40,7 +41,7 @@ class BadTurn(RecordError):
     """Some turns of a conversation are out of place (data.on_bad_turn decides)."""
 
 
-FORMATS = ("alpaca", "promptcblue", "sharegpt", "text", "preference")
+FORMATS = ("alpaca", "promptcblue", "sharegpt", "text", "preference", "unpaired")
 # PromptCBLUE's task names (its v1 name CMeIE included); evaluation scores each task by its own
 # rule (tuneflow.eval.promptcblue.TASKS, which tests/test_promptcblue.py keeps equal to this).
 PROMPTCBLUE_TASKS = ("CMeEE-V2", "CMeIE-V2", "CMeIE", "CHIP-CDN", "CHIP-CDEE", "IMCS-V2-NER", "CHIP-MDCFNPC",
@@ -449,12 +450,40 @@ def convert_preference(rec, opts: Options):
     return _with_dropped(_with_tools({"messages": messages, "chosen": chosen, "rejected": rejected}, tools), dropped)
 
 
+def convert_unpaired(rec, opts: Options):
+    """One completion judged on its own (KTO): {prompt: str | messages, completion, label: bool}
+    (TRL's unpaired preference shape), or {conversations (ending with a human turn), completion, label}.
+    label true = desirable, false = undesirable."""
+    _require_dict(rec)
+    col = lambda n: opts.columns.get(n, n)  # noqa: E731
+    dropped = []
+    if col("conversations") in rec:
+        messages, dropped = _conversation(rec[col("conversations")], col("conversations"), allow_trailing_user=True,
+                                          opts=opts)
+    elif col("prompt") in rec:
+        prompt = rec[col("prompt")]
+        if isinstance(prompt, str):
+            if not prompt.strip():
+                raise RecordError(f"field '{col('prompt')}' is empty")
+            messages = [{"role": "user", "content": prompt}]
+        else:
+            messages, dropped = _conversation(prompt, col("prompt"), allow_trailing_user=True, opts=opts)
+    else:
+        raise RecordError("not an unpaired example: expected 'prompt' or 'conversations' with 'completion' and 'label'")
+    completion = _response(rec.get(col("completion")), col("completion"), None, opts)
+    label = rec.get(col("label"))
+    if not isinstance(label, bool):
+        raise RecordError(f"field '{col('label')}' must be true (desirable) or false (undesirable), got {label!r}")
+    return _with_dropped({"messages": messages, "completion": completion, "label": label}, dropped)
+
+
 CONVERTERS = {
     "alpaca": convert_alpaca,
     "promptcblue": convert_promptcblue,
     "sharegpt": convert_sharegpt,
     "text": convert_text,
     "preference": convert_preference,
+    "unpaired": convert_unpaired,
 }
 
 

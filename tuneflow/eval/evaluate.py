@@ -5,9 +5,13 @@ Runs under torchrun like training (records are sharded across ranks and gathered
   alpaca/sharegpt  eval loss on the assistant's tokens; batched greedy generation (left padding,
                    KV cache, max_new_tokens from config) scored with ROUGE-1/2/L, BLEU-4, exact match
   promptcblue      all of the above plus the official PromptCBLUE scoring rules per task
-  preference       log-prob accuracy (chosen more likely than rejected); for a DPO model also the
-                   implicit-reward accuracy and mean reward margin against its reference model
-Predictions are written as JSONL next to the scores.
+  preference       log-prob accuracy (chosen more likely than rejected); for a DPO / KTO model also
+                   the implicit-reward accuracy and mean reward margin against its reference model;
+                   for a reward model (no LM head) its scores: held-out pairwise accuracy (chosen
+                   scored above rejected) and mean margin (chosen minus rejected score)
+With `rewards` (the models an RL stage is compared with): the RL stage's reward (tuneflow.rewards)
+of every generated answer on the RL prompts' held-out records: mean_reward and one mean per term.
+Predictions (with their prompt) are written as JSONL next to the scores.
 """
 
 from __future__ import annotations
@@ -29,14 +33,14 @@ DIST_TIMEOUT_S = 7200
 LOGIT_BUDGET = 2**27
 
 
-def load_model(spec, device):
+def load_model(spec, device, task="causal_lm"):
     from tuneflow import models
     from tuneflow.io import verify_dir
 
     model_dir = models.resolve_model_path(spec["path"], spec.get("revision"))
     if distributed.local_rank() == 0:
         verify_dir(model_dir, required=False)  # a model of the workflow's (merged, embedded) has a manifest
-    return models.load_causal_lm(spec, model_dir).to(device).eval(), model_dir
+    return models.load_causal_lm(spec, model_dir, task=task).to(device).eval(), model_dir
 
 
 def _batches(items, size):
@@ -134,7 +138,23 @@ def preference_metrics(pairs, beta=None) -> dict:
     return out
 
 
-def evaluate_dataset(model, tokenizer, ref_model, settings, name, fmt, data_dir, rank, world, device):
+def pairwise_metrics(pairs) -> dict:
+    """pairs: a reward model's scores of each pair's chosen / rejected conversation."""
+    margins = [e["chosen"] - e["rejected"] for e in pairs]
+    return {"pairwise_accuracy": 100.0 * sum(m > 0 for m in margins) / len(margins),
+            "mean_margin": sum(margins) / len(margins)}
+
+
+def reward_metrics(scores: dict) -> dict:
+    """scores: tuneflow.rewards.score() of the answers -> mean_reward and a mean per term."""
+    from tuneflow.rewards import mean
+
+    out = {"mean_reward": mean(scores["total"])}
+    out.update({f"reward/{name}": mean(values) for name, values in scores["terms"].items()})
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def evaluate_dataset(model, tokenizer, ref_model, settings, name, fmt, data_dir, rank, world, device, reward_terms=None):
     """Evaluate one dataset's validation split; returns the result on rank 0 (None elsewhere)."""
     from tuneflow.io import read_jsonl
     from tuneflow.templates import Settings, prompt_ids
@@ -145,10 +165,18 @@ def evaluate_dataset(model, tokenizer, ref_model, settings, name, fmt, data_dir,
     shard = list(enumerate(records))[rank::world]
     result = {"dataset": name, "format": fmt, "n": len(records), "metrics": {}}
     template = Settings.from_config(settings.get("chat_template", "tokenizer"), settings.get("template"))
-    local = {"loss_sum": 0.0, "tokens": 0, "predictions": [], "pref": []}
+    local = {"loss_sum": 0.0, "tokens": 0, "predictions": [], "pref": [], "scores": []}
     bs = settings["batch_size"]
 
-    if fmt == "text":
+    if settings.get("model_task", "causal_lm") != "causal_lm":
+        if fmt == "preference":  # a reward model: score both whole conversations of each pair
+            from tuneflow.rewards import reward_model_scores
+
+            prompts = [r["messages"] for _, r in shard for _ in (0, 1)]
+            answers = [resp for _, r in shard for resp in (r["chosen"], r["rejected"])]
+            scores = reward_model_scores(model, tokenizer, prompts, answers, bs, device)
+            local["scores"] = [{"chosen": scores[2 * j], "rejected": scores[2 * j + 1]} for j in range(len(shard))]
+    elif fmt == "text":
         limit = getattr(model.config, "max_position_embeddings", 2048)
         rows = []
         for _, r in shard:
@@ -169,8 +197,9 @@ def evaluate_dataset(model, tokenizer, ref_model, settings, name, fmt, data_dir,
         # Generation for the last assistant turn: the trained row up to that answer.
         prompts = [prompt_ids(tokenizer, r["messages"], template) for _, r in shard]
         outputs = generate(model, tokenizer, prompts, settings, device)
-        local["predictions"] = [{"index": i, "id": r["id"], "prediction": o, "reference": r["messages"][-1]["content"],
-                                 **({"meta": r["meta"]} if "meta" in r else {})} for (i, r), o in zip(shard, outputs)]
+        local["predictions"] = [{"index": i, "id": r["id"], "prompt": r["messages"][:-1], "prediction": o,
+                                 "reference": r["messages"][-1]["content"], **({"meta": r["meta"]} if "meta" in r else {})}
+                                for (i, r), o in zip(shard, outputs)]
     elif fmt == "preference":
         pair_settings = {"chat_template": settings["chat_template"], "template": settings.get("template"),
                          "max_length": 2**31}
@@ -213,6 +242,19 @@ def evaluate_dataset(model, tokenizer, ref_model, settings, name, fmt, data_dir,
     pref = [e for g in gathered for e in g["pref"]]
     if pref:
         result["metrics"].update(preference_metrics(pref, settings.get("beta")))
+    pair_scores = [e for g in gathered for e in g["scores"]]
+    if pair_scores:
+        result["metrics"].update(pairwise_metrics(pair_scores))
+    if reward_terms and predictions:
+        from tuneflow import rewards
+
+        scored = rewards.score(reward_terms, [p["prompt"] for p in predictions], [p["prediction"] for p in predictions],
+                               [p["reference"] for p in predictions],
+                               [json.dumps({"id": p["id"], "dataset": name, **p.get("meta", {})}, ensure_ascii=False)
+                                for p in predictions])
+        result["metrics"].update(reward_metrics(scored))
+        for p, total in zip(predictions, scored["total"]):
+            p["reward"] = total
     result["wall_time_s"] = round(time.time() - started, 2)
     return result, predictions
 
@@ -232,15 +274,22 @@ def evaluate(settings: dict, data_dirs: dict, out_dir):
     rank, world = distributed.start(DIST_TIMEOUT_S)
     torch.manual_seed(settings["seed"])
     device = hardware.device()
-    model, model_dir = load_model(settings["model"], device)
+    model, model_dir = load_model(settings["model"], device, settings.get("model_task", "causal_lm"))
     tokenizer = models.load_tokenizer(model_dir, settings["model"], settings.get("chat_template"))
     models.fit_embeddings(model, tokenizer, settings.get("chat_template"))
     ref_model = load_model(settings["reference"], device)[0] if settings.get("reference") else None
     if ref_model is not None:
         models.fit_embeddings(ref_model, tokenizer, settings.get("chat_template"))
+    rewards = settings.get("rewards") or {}
+    terms = None
+    if rewards and rank == 0:  # the answers are scored on rank 0, once gathered
+        from tuneflow.rewards import build_terms
+
+        terms = build_terms(rewards["terms"], settings["chat_template"], "stages.rl.rewards", device=device)
     results = {}
     for name, fmt in settings["datasets"].items():
-        res, preds = evaluate_dataset(model, tokenizer, ref_model, settings, name, fmt, data_dirs[name], rank, world, device)
+        res, preds = evaluate_dataset(model, tokenizer, ref_model, settings, name, fmt, data_dirs[name], rank, world,
+                                      device, terms if name in rewards.get("datasets", ()) else None)
         if rank == 0:
             res.update({"model_dir": str(model_dir), "world_size": world, "peak_rss_mb": peak_rss_mb()})
             results[name] = (res, preds)

@@ -20,8 +20,13 @@ from tuneflow.train.checkpoints import resume_note
 from tuneflow.train.divergence import NONFINITE_KEY, check_finite_weights
 
 
+TRAINING_CURVE_KEYS = ("step", "epoch", "loss", "learning_rate", "grad_norm", "eval_loss")
+
+
 def loss_log_rows(log_history) -> list[dict]:
-    """One row per logged step. A value that is not finite is written as null and named in the
+    """One row per logged step: loss, learning rate, and what the stage's trainer logs besides
+    (DPO / KTO rewards, the reward model's accuracy and margin, RL's reward, KL and completion
+    length: tuneflow.stages curves). A value that is not finite is written as null and named in the
     row's `nonfinite` list, never as a number. A row whose logging window held non-finite steps
     (tuneflow.train.divergence) lists them in `nonfinite_steps`; if one had a non-finite loss, the
     row's loss is null too (the trainer logs the average of the finite ones there)."""
@@ -32,10 +37,9 @@ def loss_log_rows(log_history) -> list[dict]:
             continue
         if not any(k in entry for k in ("loss", "eval_loss")):
             continue
-        row = {"step": entry.get("step"), "epoch": entry.get("epoch"), "loss": entry.get("loss"),
-               "learning_rate": entry.get("learning_rate"), "grad_norm": entry.get("grad_norm"),
-               "eval_loss": entry.get("eval_loss"),
-               **{k: v for k, v in entry.items() if k.startswith("rewards/") or k == "eval_rewards/accuracies"}}
+        row = {**{k: entry.get(k) for k in TRAINING_CURVE_KEYS},
+               **{k: v for k, v in entry.items() if k not in TRAINING_CURVE_KEYS and isinstance(v, (int, float))
+                  and not isinstance(v, bool) and not k.startswith(("train_", "total_flos"))}}
         nonfinite = [k for k, v in row.items() if isinstance(v, float) and not math.isfinite(v)]
         if "loss" in entry:
             window = sorted(s for s in flagged if last_step < s <= entry["step"])

@@ -13,7 +13,7 @@ from tuneflow import distributed, hardware, lora_targets, models, special_tokens
 from tuneflow.deepspeed_config import deepspeed_config_path
 from tuneflow.errors import ConfigError
 from tuneflow.io import verify_dir
-from tuneflow.stages import STAGES
+from tuneflow.stages import CAUSAL_LM, SEQUENCE_CLASSIFICATION, STAGES
 
 
 @dataclass
@@ -29,6 +29,7 @@ class StageRun:
     eval_dataset: object      # None when no dataset has a validation split
     started: float
     recorded: dict = field(default_factory=dict)  # decisions taken on the way, for train_info.json
+    extra_inputs: tuple = ()  # other models the training reads (an RL stage's reward models)
 
     @property
     def template(self) -> str | None:
@@ -40,9 +41,14 @@ class StageRun:
         return self.settings["base_model"]
 
     @property
+    def model_task(self) -> str:
+        return STAGES[self.stage].model_task
+
+    @property
     def inputs(self) -> list:
-        """What the checkpoints were trained from: the tokenized data and the base model."""
-        return [*self.args.data, self.base_dir]
+        """What the checkpoints were trained from: the tokenized data, the base model and any other
+        model the stage reads."""
+        return [*self.args.data, self.base_dir, *self.extra_inputs]
 
 
 def parse_args(argv=None, description=""):
@@ -170,6 +176,9 @@ def trainer_kwargs(run: StageRun) -> dict:
     return kw
 
 
+PEFT_TASK_TYPES = {CAUSAL_LM: "CAUSAL_LM", SEQUENCE_CLASSIFICATION: "SEQ_CLS"}  # SEQ_CLS also trains the score head
+
+
 def lora_config(settings: dict, model, where: str, task_type: str = "CAUSAL_LM"):
     """peft's LoraConfig from `stages.<stage>.lora` for `model` (None for full fine-tuning) and
     what it targets (tuneflow.lora_targets: all-linear without the output layer and MoE routers).
@@ -191,12 +200,12 @@ def lora_config(settings: dict, model, where: str, task_type: str = "CAUSAL_LM")
     return config, {**targets, "tied_embeddings": inv.tied_embeddings, "ensure_weight_tying": tie}
 
 
-def trainer_inputs(run: StageRun, ckpt, peft_task_type: str = "CAUSAL_LM") -> dict:
+def trainer_inputs(run: StageRun, ckpt) -> dict:
     """The keyword arguments every TRL trainer of a stage takes besides its config: the model
     (loaded now, after the trainer's arguments exist), data, tokenizer, LoRA config and the
     checkpoint callbacks (`ckpt`: checkpoints.Checkpointing)."""
     model = load_model(run)
-    peft_config, targets = lora_config(run.settings, model, run.base_dir, peft_task_type)
+    peft_config, targets = lora_config(run.settings, model, run.base_dir, PEFT_TASK_TYPES[run.model_task])
     if targets:
         run.recorded["lora_targets"] = targets
     return {"model": model, "train_dataset": run.train_dataset, "eval_dataset": run.eval_dataset,
@@ -209,13 +218,19 @@ def load_model(run: StageRun):
     Call after the TrainingArguments exist: under ZeRO-3 transformers then partitions the weights
     while loading instead of materialising the whole model on every rank.
     """
+    from transformers import set_seed
+
     settings, training = run.settings, run.settings["training"]
     qlora = settings["finetuning"] == "qlora"
+    set_seed(settings["seed"])  # a new head (the reward model's score) starts from the same weights every run
     model = models.load_causal_lm(run.base_spec, run.base_dir, rope_scaling=training.get("rope_scaling"),
                                   quantization=settings["quantization"] if qlora else None,
-                                  attn_implementation=hardware.attn_implementation(training["attn_implementation"]))
+                                  attn_implementation=hardware.attn_implementation(training["attn_implementation"]),
+                                  task=run.model_task)
     # Rows for the tokens the chat template added (chatml's <|im_start|>, ...).
     models.fit_embeddings(model, run.tokenizer, run.template)
+    if run.model_task == SEQUENCE_CLASSIFICATION:
+        model.config.pad_token_id = run.tokenizer.pad_token_id  # the score is read at the last non-padding token
     if qlora:
         from peft import prepare_model_for_kbit_training
 

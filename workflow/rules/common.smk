@@ -78,6 +78,11 @@ def tokenizer_inputs(spec):
     return []
 
 
+def reward_inputs(paths):
+    """What a stage's rewards read, as inputs: workflow outputs and what exists on local disk."""
+    return [p for p in paths if p.startswith("results/") or os.path.exists(p)]
+
+
 def raw_files(dataset):
     spec = PLAN.convert_settings(dataset)
     try:
@@ -123,7 +128,10 @@ def train_inputs(stage):
             "base": model_inputs(PLAN.stage_base_spec(v, stage)),
             "code": code("tuneflow/launch.py", "tuneflow/distributed.py", "tuneflow/hardware.py", "tuneflow/models.py",
                          "tuneflow/lora_targets.py", "tuneflow/special_tokens.py", "tuneflow/train/setup.py",
-                         "tuneflow/train/checkpoints.py", "tuneflow/train/outputs.py", STAGES[stage].recipe_file),
+                         "tuneflow/train/checkpoints.py", "tuneflow/train/outputs.py", STAGES[stage].recipe_file,
+                         *(["tuneflow/rewards.py"] if STAGES[stage].rewards_key else [])),
+            # reward models (the rm stage's merged model, a local one) and the modules of function rewards
+            "rewards": reward_inputs(PLAN.reward_inputs(v, stage)),
             # editing the DeepSpeed JSON the stage uses reruns it
             "deepspeed": [os.path.relpath(deepspeed)] if deepspeed else [],
         }
@@ -197,6 +205,10 @@ def eval_inputs(w):
     }
     if s.get("reference"):
         inputs["reference"] = model_inputs(s["reference"])
+    if s.get("rewards"):
+        inputs["rewards"] = reward_inputs([t.get("reward_model") or t["file"] for t in s["rewards"]["terms"]
+                                           if "verifiable" not in t])
+        inputs["code"].append(src("tuneflow/rewards.py"))
     return inputs
 
 

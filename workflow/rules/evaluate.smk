@@ -1,5 +1,6 @@
-# Every model the DAG produces (base, merged PT/SFT/DPO, per variant) on every evaluation
-# dataset's validation split; then one tidy table of all the numbers.
+# Every model the DAG produces (base, merged PT/SFT/DPO/RM/RL/KTO, per variant) on every evaluation
+# dataset's validation split (a reward model on the preference pairs only; RL's reward scores RL,
+# the model it starts from and its sibling branches); then one tidy table of all the numbers.
 
 
 rule evaluate:

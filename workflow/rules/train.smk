@@ -1,5 +1,6 @@
-# One train_<stage> rule per stage of tuneflow.stages (PT -> merge -> SFT -> merge -> DPO -> merge,
-# each stage starting from the merged model of the one before it). Each training job runs
+# One train_<stage> rule per stage of tuneflow.stages (PT -> merge -> SFT -> merge -> {DPO, RM -> RL,
+# KTO} -> merge, each stage starting from the merged model it names in the registry; RL also reads
+# the merged reward model). Each training job runs
 # scripts/train.py under torchrun (scripts/launch.py: srun + one torchrun per node on a multi-node
 # Slurm allocation) with the nodes / processes / GPUs of stages.<stage>.resources. Checkpoints
 # live in results/work/, so a failed or preempted job resumes from them when it runs again.

@@ -114,9 +114,9 @@ def plan_with(variants):
 def test_evaluation_models_chooses_which_models_are_evaluated():
     plan = Plan(resolve_with(evaluation={"models": ["dpo"]}, variants={"all": {"evaluation": {"models": None}}}))
     assert [j[1] for j in plan.eval_jobs() if j[0] == "default"] == ["dpo"] * 5
-    assert {j[1] for j in plan.eval_jobs() if j[0] == "all"} == {"base", "pt", "sft", "dpo"}
+    assert {j[1] for j in plan.eval_jobs() if j[0] == "all"} == {"base", "pt", "sft", "dpo", "rm", "rl", "kto"}
     with pytest.raises(ConfigError, match=r"'evaluation\.models\[1\]': 'pt' is neither 'base' nor an enabled stage "
-                                          r"\(models here: base, sft, dpo\)"):
+                                          r"\(models here: base, sft, dpo, rm, rl, kto\)"):
         resolve_with(evaluation={"models": ["base", "pt"]}, stages={"pt": {"enabled": False}})
 
 

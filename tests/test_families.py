@@ -158,7 +158,7 @@ def test_pt_ends_each_document_with_the_document_end_token_not_the_chat_eos(real
 
     for name, end in (("llama2", "</s>"), ("mistral", "</s>"), ("llama3_1", "<|end_of_text|>"), ("qwen3", "<|endoftext|>")):
         tok = load_tokenizer(real_tokenizer(name), {})
-        rows, _ = tokenize_pt([{"text": "One document."}, {"text": "Another one."}], tok, max_length=64)
+        rows, _ = tokenize_pt([{"text": "One document."}, {"text": "Another one."}], tok, {"max_length": 64})
         ids = rows[0]["input_ids"]
         assert tok.convert_ids_to_tokens(ids).count(end) == 2 and ids[-1] == tok.convert_tokens_to_ids(end), name
         assert name in ("llama2", "mistral") or tok.eos_token_id not in ids  # Llama-3.1's and Qwen3's EOS end a chat turn

@@ -91,11 +91,11 @@ def test_the_convert_manifest_records_the_bytes_read_even_if_the_file_is_replace
     original = convert_module.CONVERTERS["alpaca"]
     replaced = []
 
-    def convert_and_replace_the_file(rec, columns, system=None):
+    def convert_and_replace_the_file(rec, opts):
         if not replaced:  # another process rewrites the file while conversion runs
             raw.write_bytes(b'{"instruction": "new", "output": "file"}\n')
             replaced.append(True)
-        return original(rec, columns, system)
+        return original(rec, opts)
 
     monkeypatch.setitem(convert_module.CONVERTERS, "alpaca", convert_and_replace_the_file)
     manifest = convert_module.convert_dataset({"name": "ds", "path": str(raw), "format": "alpaca",

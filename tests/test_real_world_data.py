@@ -123,7 +123,7 @@ def test_llamafactory_entries_that_cannot_be_read_are_refused_naming_the_key(lla
 
 def test_the_workflow_plans_a_llamafactory_dataset_on_its_file(workdir, llamafactory_data):
     overlay = {"datasets": {"demo_alpaca": {"path": str(llamafactory_data), "format": "llamafactory",
-                                            "dataset": "alpaca_en_demo", "stages": ["sft"]}}}
+                                            "dataset": "alpaca_en_demo", "stages": ["sft", "rl"]}}}
     (workdir / "lf.yaml").write_text(yaml.safe_dump(overlay))
     out = snakemake(workdir, "-n", "-p", "results/data/demo_alpaca", "--configfile", "config/config.yaml", "lf.yaml").stdout
     assert f"input: scripts/convert.py, {llamafactory_data / 'alpaca_en_demo.json'}" in out, out

@@ -136,9 +136,11 @@ def test_a_reward_model_without_a_chat_template_uses_the_configured_one_or_is_re
     key = "stages.rl.rewards[0].reward_model"
     with pytest.raises(ModelError, match=rf"config key '{re.escape(key)}'.*has no chat template and chat_template is 'tokenizer'"):
         rewards.load_reward_model(str(bare), "tokenizer", key)
-    _, tok = rewards.load_reward_model(str(bare), "zephyr", key)
-    assert "<|assistant|>" in tok.apply_chat_template([{"role": "user", "content": "q"}], tokenize=False,
-                                                       add_generation_prompt=True)
+    model, tok = rewards.load_reward_model(str(bare), "zephyr", key)
+    assert tok.tuneflow_template == "zephyr"  # conversations are rendered by the built-in zephyr template
+    conversation = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
+    assert "<|assistant|>" in tok.decode(rewards._conversation_ids(tok, conversation))
+    assert len(rewards.reward_model_scores(model, tok, [conversation[:1]], ["a"])) == 1
 
 
 def test_a_causal_lm_is_refused_as_a_reward_model(tiny_model):

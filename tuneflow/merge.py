@@ -117,7 +117,7 @@ def merge_adapter(settings: dict, adapter_dir, out_dir) -> dict:
         # What is on disk is what users load: reload it and compare again. This catches what
         # saving loses, e.g. a trained lm_head of a model whose config ties it to the embeddings
         # (only one of the two is saved and the other is re-tied on load).
-        saved = models.load_causal_lm({**base_spec, "path": str(tmp)}, tmp).to(device).eval()
+        saved = models.load_causal_lm({**base_spec, "path": str(tmp)}, tmp, task=task).to(device).eval()
         with torch.no_grad():
             saved_diff = (adapter_logits - saved(input_ids=ids).logits.float()).abs().max().item()
         check.update(saved_max_abs_diff=saved_diff, max_abs_diff=max(diff, saved_diff),

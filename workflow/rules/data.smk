@@ -20,7 +20,7 @@ rule convert:
     conda:
         "../../envs/data.yaml"
     shell:
-        "python {input.script:q} --settings {params.settings:q} --out {output:q} --workers {threads} > {log:q} 2>&1"
+        "python {input.script:q} --settings {params.settings:q} --out {output:q} --workers {threads:q} > {log:q} 2>&1"
 
 
 rule tokenize:
@@ -42,7 +42,7 @@ rule tokenize:
     conda:
         "../../envs/data.yaml"
     shell:
-        "python {input.script:q} --data {input.data:q} --settings {params.settings:q} --out {output:q} --workers {threads} > {log:q} 2>&1"
+        "python {input.script:q} --data {input.data:q} --settings {params.settings:q} --out {output:q} --workers {threads:q} > {log:q} 2>&1"
 
 
 onsuccess:

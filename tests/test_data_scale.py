@@ -327,7 +327,7 @@ def test_more_data_workers_rerun_no_data_job(demo_run, tmp_path):
 @pytest.mark.slow
 def test_training_writes_nothing_into_the_tokenized_data(demo_run):
     """The tokenize rule's outputs hold what it wrote, after every stage trained on them."""
-    written_by_tokenize = re.compile(r"meta\.json|\.snakemake_timestamp|(train|validation)/(data-\d{5}-of-\d{5}\.arrow|state\.json|dataset_info\.json)")
+    written_by_tokenize = re.compile(r"meta\.json|files\.json|example\.json|\.snakemake_timestamp|(train|validation)/(data-\d{5}-of-\d{5}\.arrow|state\.json|dataset_info\.json)")
     for directory in (demo_run / "results" / "tokenized").glob("*/*"):
         extra = [f for f in files_under(directory) if not written_by_tokenize.fullmatch(f)]
         assert extra == [], directory

@@ -53,13 +53,15 @@ def test_sft_max_length_also_retokenizes_sft_data(project):
     change = overlay(project, {"stages": {"sft": {"training": {"max_length": 160}}}})
     jobs = planned_jobs(project, configs=[change])
     tokenize = {j for j in jobs if j[0] == "tokenize"}
-    assert {j[1].split("/")[2] for j in tokenize} == {"demo_alpaca", "demo_sharegpt", "demo_promptcblue"}
+    # the instruction data and the PT text SFT also trains on
+    assert {j[1].split("/")[2] for j in tokenize} == {"demo_alpaca", "demo_sharegpt", "demo_promptcblue", "demo_text"}
     assert jobs - tokenize == DOWNSTREAM_OF_SFT
 
 
 def test_eval_max_new_tokens_reruns_evaluations_and_report_only(project):
     change = overlay(project, {"evaluation": {"max_new_tokens": 10}})
-    assert planned_jobs(project, configs=[change]) == ALL_EVALS | REPORTING
+    # the reward model generates nothing: its evaluation (pairwise accuracy) stays
+    assert planned_jobs(project, configs=[change]) == ALL_EVALS - {("evaluate", "results/eval/rm")} | REPORTING
 
 
 def test_dpo_beta_reruns_dpo_only(project):

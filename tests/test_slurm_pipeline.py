@@ -17,7 +17,8 @@ from pipeline import CI_CONFIG, train_info
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
-GPU_RULES = {"train_pt", "train_sft", "train_dpo", "merge", "evaluate"}
+STAGES = ("pt", "sft", "dpo", "rm", "rl", "kto")
+GPU_RULES = {*(f"train_{s}" for s in STAGES), "merge", "evaluate"}
 CPU_RULES = {"tiny_model", "convert", "tokenize", "summarize", "report"}
 SLURM_OVERLAY = "tests/config/ci-slurm.yaml"
 
@@ -25,9 +26,9 @@ SLURM_OVERLAY = "tests/config/ci-slurm.yaml"
 def expected_gres():
     """Rule -> the TRES per node its jobs must have, read from the overlay's resources blocks."""
     cfg = yaml.safe_load((REPO / SLURM_OVERLAY).read_text())
-    gpus = {f"train_{s}": cfg["stages"][s]["resources"]["gpus_per_node"] for s in ("pt", "sft", "dpo")}
+    gpus = {f"train_{s}": cfg["stages"][s]["resources"]["gpus_per_node"] for s in STAGES}
     gpus["evaluate"] = cfg["evaluation"]["resources"]["gpus_per_node"]
-    gpus["merge"] = min(1, *(gpus[f"train_{s}"] for s in ("pt", "sft", "dpo")))  # one device to merge on
+    gpus["merge"] = min(1, *(gpus[f"train_{s}"] for s in STAGES))  # one device to merge on
     assert all(n >= 1 for n in gpus.values())
     return {rule: f"gres:gpu:{n}" for rule, n in gpus.items()}
 
@@ -79,14 +80,14 @@ def test_demo_pipeline_runs_every_rule_as_a_slurm_job(slurm_cluster, tmp_path):
     for job_id in submitted["merge"]:
         job = show_job(job_id)
         # the plugin's comment: rule_merge_wildcards_<wildcard values joined by "_">, stage last
-        stage = re.fullmatch(r"rule_merge_wildcards_.*_(pt|sft|dpo)", job["Comment"]).group(1)
+        stage = re.fullmatch(r"rule_merge_wildcards_.*_(pt|sft|dpo|rm|rl|kto)", job["Comment"]).group(1)
         merge_limits[stage] = (job["MinMemoryNode"], job["TimeLimit"])
     assert merge_limits == expected_merge_limits()
-    for rule in ("train_pt", "train_sft", "train_dpo"):
+    for rule in (f"train_{s}" for s in STAGES):
         assert f"--gres={gres[rule].split(':', 1)[1]}" in sbatch[rule] and "--ntasks-per-gpu" not in sbatch[rule] and "--signal=TERM@" in sbatch[rule]
 
     # One rank per (fake) GPU, as the config says; the outputs are complete.
-    for stage in ("pt", "sft", "dpo"):
+    for stage in STAGES:
         info = train_info(project / "results" / "adapters" / stage)
         assert info["world_size"] == int(gres[f"train_{stage}"].rsplit(":", 1)[1]) and info["deepspeed"] == "zero2"
         assert json.loads((project / "results" / "merged" / stage / "merge_check.json").read_text())["max_abs_diff"] is not None

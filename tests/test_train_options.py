@@ -29,7 +29,7 @@ def test_sft_with_dora_rslora_neftune_rope_scaling_and_checkpointing(tmp_path, t
     run(REPO / "scripts" / "convert.py", "--settings", json.dumps({"name": "a", "path": str(REPO / "resources" / "demo" / "sft_alpaca.json"),
         "format": "alpaca", "validation_fraction": 0.1, "split_seed": 1, "max_records": 80}), "--out", data)
     cfg = config.load(overrides={"base_model": {"path": str(tiny)}, "chat_template": "chatml_peft", "stages": {"sft": {
-        "lora": {"r": 4, "alpha": 8, "use_dora": True, "use_rslora": True, "target_modules": ["q_proj", "v_proj", "down_proj"],
+        "finetuning": "lora", "lora": {"r": 4, "alpha": 8, "use_dora": True, "use_rslora": True, "target_modules": ["q_proj", "v_proj", "down_proj"],
                  "modules_to_save": ["lm_head"]},
         "training": {"max_steps": 3, "max_length": 96, "per_device_batch_size": 4, "gradient_checkpointing": True,
                      "use_reentrant": False, "warmup_steps": 2,

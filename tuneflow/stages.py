@@ -61,7 +61,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
                     "taught it (its perplexity there rises); the more SFT changes the embeddings and the output layer, "
                     "the more it forgets."),
     Stage("dpo", "DPO", frozenset({"preference"}), tokenized="dpo", starts_from=("sft", "pt"),
-          settings_keys=(*COMMON_KEYS, "beta", "loss_type", "label_smoothing", "truncation"), recipe="tuneflow.train.dpo",
+          settings_keys=(*COMMON_KEYS, "beta", "loss_type", "label_smoothing"), recipe="tuneflow.train.dpo",
           compared_with="sft", scored_against_reference=True,
           curves=(("rewards/margins", "reward margin (chosen − rejected)"), ("rewards/accuracies", "preference accuracy")),
           goal=("preference_accuracy", "logp_accuracy"),

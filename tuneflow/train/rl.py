@@ -31,6 +31,10 @@ def main(argv=None):
     from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
     config_cls, trainer_cls = {"grpo": (GRPOConfig, GRPOTrainer), "rloo": (RLOOConfig, RLOOTrainer)}[s["algorithm"]]
+    # Reward models are loaded whole on every rank, before the trainer's arguments exist: under
+    # ZeRO-3 those arguments make from_pretrained partition every model it loads, and a partitioned
+    # reward model outside the DeepSpeed engine cannot score.
+    terms = rewards.build_terms(s["rewards"], s["chat_template"], "stages.rl.rewards", device=hardware.device())
     kwargs = setup.trainer_kwargs(run)
     kwargs["include_num_input_tokens_seen"] = False  # its batches are prompts (text); TRL logs num_tokens itself
     rl_args = config_cls(
@@ -43,7 +47,6 @@ def main(argv=None):
         shuffle_dataset=True,
         log_completions=False,
     )
-    terms = rewards.build_terms(s["rewards"], s["chat_template"], "stages.rl.rewards", device=hardware.device())
     run.extra_inputs = tuple(t["reward_model"] for t in s["rewards"] if "reward_model" in t)
     ckpt = checkpoints.prepare(run, rl_args)
     trainer = trainer_cls(args=rl_args, reward_funcs=terms, **setup.trainer_inputs(run, ckpt))

@@ -77,3 +77,18 @@ def test_every_stage_of_the_registry_has_its_recipe_and_schema_block():
 if __name__ == "__main__":
     for module, imports in import_graph().items():
         print(f"{module} -> {', '.join(sorted(imports)) or '-'}", file=sys.stdout)
+
+
+def test_every_stage_s_training_rule_goes_to_the_gpu_partition_with_the_preemption_signal():
+    """The Slurm profiles name rules one by one: a stage added to the registry without its line
+    there would train on the CPU partition without the TERM-before-the-time-limit that checkpoints."""
+    import yaml
+
+    from tuneflow.stages import STAGE_NAMES
+
+    for profile in ("slurm", "ci-slurm"):
+        rules = yaml.safe_load((REPO / "profiles" / profile / "config.yaml").read_text())["set-resources"]
+        gpu = rules["merge"]["slurm_partition"]
+        for stage in STAGE_NAMES:
+            block = rules.get(f"train_{stage}") or {}
+            assert block.get("slurm_partition") == gpu and "--signal=TERM@" in block.get("slurm_extra", ""), (profile, stage)

@@ -43,7 +43,6 @@ def main(argv=None):
                                batched=True, batch_size=args.per_device_train_batch_size)
 
     s = run.settings
-    run.train_dataset = run.train_dataset.shuffle(seed=s["seed"])
     kto_args = KTOConfig(
         **setup.trainer_kwargs(run),
         max_length=s["training"]["max_length"],
@@ -53,6 +52,9 @@ def main(argv=None):
         undesirable_weight=s["undesirable_weight"],
     )
     ckpt = checkpoints.prepare(run, kto_args)
+    # After prepare: from here on, dataset transforms (this shuffle's index, KTOTrainer's KL
+    # column) write to the job's work dir, never into the tokenize rule's output.
+    run.train_dataset = run.train_dataset.shuffle(seed=s["seed"])
     inputs = setup.trainer_inputs(run, ckpt)
     ref_model = setup.load_model(run) if s["finetuning"] == "full" else None
     trainer = PretokenizedKTOTrainer(args=kto_args, ref_model=ref_model, **inputs)

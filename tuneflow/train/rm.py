@@ -30,14 +30,14 @@ def main(argv=None):
     from trl import RewardConfig, RewardTrainer
 
     max_length = run.settings["training"]["max_length"]
+    rm_args = RewardConfig(**setup.trainer_kwargs(run), max_length=max_length)
+    ckpt = checkpoints.prepare(run, rm_args)  # from here on, dataset transforms write to the work dir
     run.train_dataset, dropped = as_sequences(run.train_dataset, max_length)
     dropped_eval = 0
     if run.eval_dataset is not None:
         run.eval_dataset, dropped_eval = as_sequences(run.eval_dataset, max_length)
     if dropped or dropped_eval:
         log(f"{dropped} training and {dropped_eval} validation pairs are longer than max_length {max_length}: left out")
-    rm_args = RewardConfig(**setup.trainer_kwargs(run), max_length=max_length)
-    ckpt = checkpoints.prepare(run, rm_args)
     trainer = RewardTrainer(args=rm_args, **setup.trainer_inputs(run, ckpt))
     checkpoints.train(trainer, ckpt)
     outputs.finalize(trainer, run, ckpt, {"pairs_longer_than_max_length": {"train": dropped, "validation": dropped_eval}})

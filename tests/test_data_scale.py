@@ -307,7 +307,7 @@ def test_data_rules_take_their_cpus_memory_and_time_from_data_resources(workdir)
     out = snakemake(workdir, "-n", "-p", "-F", "--cores", "8", "--configfile", "config/config.yaml", "overlay.yaml",
                     "--until", "tokenize").stdout
     jobs = [block for block in out.split("\nrule ")[1:] if block.startswith(("convert:", "tokenize:"))]
-    assert len(jobs) == 15  # the demo's 5 datasets, tokenized 10 ways (PT, SFT, DPO / RM, KTO, RL prompts)
+    assert len(jobs) == 14  # 5 converts; 9 tokenizes: the rows of PT, SFT (4 datasets), DPO and RM (shared), KTO, RL (2)
     for block in jobs:
         resources = dict(re.findall(r"(\w+)=([^,\s]*)", re.search(r"resources: (.*)", block).group(1)))
         assert "threads: 3" in block and "--workers 3" in block, block

@@ -186,12 +186,7 @@ def _parse_json(text: str, path, **where):
         value = json.loads(text)
     except RecursionError:
         raise DataError(path, "JSON nested too deeply (more than about 1000 levels of arrays / objects)", **where) from None
-    if SURROGATE_ESCAPE.search(text):
-        try:
-            json.dumps(value, ensure_ascii=False).encode("utf-8")
-        except UnicodeEncodeError as e:
-            raise DataError(path, f"contains an unpaired UTF-16 surrogate escape (\\u{ord(e.object[e.start]):04x}), which is not a "
-                                  "character and cannot be written as UTF-8; fix or remove it", **where) from None
+    _check_value(path, text, value, **where)
     return value
 
 
@@ -487,7 +482,8 @@ def _json_array(stream: _TextStream, max_record_bytes):
 
 
 def _check_value(path, text: str, value, **where):
-    """An unpaired surrogate escape in a decoded element (see _parse_json)."""
+    """A JSON value whose text holds an unpaired surrogate escape (a str no UTF-8 file can hold) is
+    refused, naming the file and where."""
     if SURROGATE_ESCAPE.search(text):
         try:
             json.dumps(value, ensure_ascii=False).encode("utf-8")

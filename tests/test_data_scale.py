@@ -214,7 +214,7 @@ def test_convert_output_is_the_same_with_one_or_two_workers(tmp_path, monkeypatc
 
 def test_tokenize_output_is_the_same_with_one_or_two_workers_and_as_one_batch(tmp_path, monkeypatch, tiny_model):
     """Streamed in batches of 7 records over two worker processes, the rows equal those of the
-    whole split tokenized at once (PT blocks cut across batches included)."""
+    whole split tokenized at once (PT blocks cut across batches included), for every kind of rows."""
     from datasets import load_from_disk
     from transformers import AutoTokenizer
 
@@ -223,22 +223,26 @@ def test_tokenize_output_is_the_same_with_one_or_two_workers_and_as_one_batch(tm
     monkeypatch.setattr(tokenize, "BATCH_RECORDS", 7)
     monkeypatch.setattr(tokenize, "BATCH_BYTES", 2000)
     tok = AutoTokenizer.from_pretrained(tiny_model())
+    covered = set()
     for name, fmt, kind in (("pt_text.txt", "text", "pt"), ("sft_alpaca.json", "alpaca", "sft"),
-                            ("dpo_pairs.jsonl", "preference", "dpo")):
-        data = tmp_path / "data" / kind
+                            ("dpo_pairs.jsonl", "preference", "dpo"), ("dpo_pairs.jsonl", "preference", "kto"),
+                            ("sft_alpaca.json", "alpaca", "prompt"), ("pt_text.txt", "text", "sft")):
+        data = tmp_path / "data" / f"{kind}-{fmt}"
         convert_dataset(spec(DEMO / name, fmt), data)
+        covered.add(tokenize.rows_kind(kind, data))
         settings = {"kind": kind, "max_length": 48, "mask_prompt": True}
         rows = {}
         for workers in (1, 2):
-            out = tmp_path / f"tok-{kind}-{workers}"
+            out = tmp_path / f"tok-{kind}-{fmt}-{workers}"
             meta = tokenize.tokenize_dataset(data, tok, settings, out, workers=workers)
             rows[workers] = (meta, {s: load_from_disk(str(out / s)).to_dict() for s in ("train", "validation")})
         assert rows[1] == rows[2], kind
         for split in ("train", "validation"):
-            whole, stats = tokenize.tokenize_split(read_jsonl(data / f"{split}.jsonl"), tok, settings)
+            whole, stats = tokenize.tokenize_split(read_jsonl(data / f"{split}.jsonl"), tok, settings, data.name)
             columns = list(tokenize.KINDS[kind].columns)
             assert rows[1][1][split] == {c: [r[c] for r in whole] for c in columns}, (kind, split)
             assert rows[1][0]["splits"][split] == {**stats, "rows": len(whole)}
+    assert covered == set(tokenize.KINDS)
 
 
 def test_tokenized_shards_load_as_save_to_disk_writes_them(tmp_path, monkeypatch):
@@ -270,6 +274,33 @@ def test_tokenized_shards_load_as_save_to_disk_writes_them(tmp_path, monkeypatch
     assert sorted(p.name for p in (tmp_path / "ours").iterdir()) == [
         "data-00000-of-00005.arrow", "data-00001-of-00005.arrow", "data-00002-of-00005.arrow",
         "data-00003-of-00005.arrow", "data-00004-of-00005.arrow", "dataset_info.json", "state.json"]
+
+
+def test_rows_whose_types_widen_in_a_later_batch_load_as_from_dict_builds_them(tmp_path, monkeypatch):
+    """RL prompt rows written batch by batch, where a later batch first has a message with
+    tool_calls: the earlier shards are rewritten into the wider type, and the dataset equals
+    Dataset.from_dict of all rows (types, values and dataset_info.json); no rows gives its empty dataset."""
+    from datasets import Dataset, load_from_disk
+
+    from tuneflow import tokenize
+
+    monkeypatch.setattr(tokenize, "MAX_SHARD_BYTES", 200)
+    call = {"role": "assistant", "content": None,
+            "tool_calls": [{"type": "function", "function": {"name": "f", "arguments": "{}"}}]}
+    rows = [{"prompt": [{"role": "user", "content": f"q{i}"}] + ([call] if i in (9, 23) else []),
+             "reference": f"r{i}", "meta": json.dumps({"i": i})} for i in range(30)]
+    columns = ["prompt", "reference", "meta"]
+    for name, written in (("some", rows), ("none", [])):
+        shards = tokenize.ArrowShards(tmp_path / name, dict.fromkeys(columns))
+        for i in range(0, len(written), 4):
+            shards.write_rows(written[i:i + 4])
+        shards.finish()
+        ours = load_from_disk(str(tmp_path / name))
+        theirs = Dataset.from_dict({c: [r[c] for r in written] for c in columns})
+        theirs.save_to_disk(str(tmp_path / f"{name}-theirs"))
+        assert ours.features == theirs.features and ours.to_dict() == theirs.to_dict(), name
+        assert (tmp_path / name / "dataset_info.json").read_text() == (tmp_path / f"{name}-theirs" / "dataset_info.json").read_text()
+        assert len(ours.cache_files) > 1 if written else len(ours.cache_files) == 1  # shards before the widening
 
 
 # -- progress lines ------------------------------------------------------------------------------------

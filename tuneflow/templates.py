@@ -33,6 +33,7 @@ generating); the separator after it is in the row but never trained.
 
 from __future__ import annotations
 
+import bisect
 import functools
 from dataclasses import dataclass, field
 
@@ -491,8 +492,10 @@ def encode(tokenizer, messages, settings: Settings, *, open_end: bool = False, t
             bounds.append((k, side, start, end))
     ids, offs = encode_parts(tokenizer, parts, settings.escape, offsets=True)
     out = [([], []) for _ in turns]
+    starts = [x[2] for x in bounds]  # the parts are contiguous, in order: the last that starts at or before a
     for tok, (a, b) in zip(ids, offs):
-        k, side, _, end = next((x for x in bounds if x[2] <= a < x[3]), bounds[-1])
+        i = bisect.bisect_right(starts, a) - 1
+        k, side, _, end = bounds[i] if i >= 0 and a < bounds[i][3] else bounds[-1]
         if side == "t" and b <= end:
             out[k][1].append(tok)
         elif side == "t" and k + 1 < len(out):  # starts in the answer but runs past it: not trained

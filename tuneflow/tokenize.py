@@ -342,12 +342,12 @@ class Kind:
     """A kind of tokenized rows: its columns (name -> Arrow value type) and how a batch of
     canonical records becomes rows (+ counts that add up over batches). `packed`: the rows are
     PT blocks cut from the token stream of all batches (the function returns that stream; every
-    column holds the block). `streamed: False`: columns that are not lists of ids (KTO's label, RL's
-    prompt messages); the split's rows are collected and saved at once (RL and KTO data are small)."""
+    column holds the block). `arrays: False`: columns that are not all lists of ids (KTO's label,
+    RL's prompt messages) go to the Arrow shards as Python rows, their types inferred; both stream."""
     columns: dict
     rows: object  # (records, tokenizer, settings) -> (rows, stats), or the token stream when packed
     packed: bool = False
-    streamed: bool = True
+    arrays: bool = True
 
 
 KINDS = {
@@ -356,9 +356,9 @@ KINDS = {
     # Plain text mixed into SFT (so that it forgets less of it): PT's blocks, every token a label.
     "sft_text": Kind({"input_ids": "int32", "labels": "int64"}, pt_token_stream, packed=True),
     "dpo": Kind({"prompt_ids": "int64", "chosen_ids": "int64", "rejected_ids": "int64"}, tokenize_dpo),
-    "kto": Kind({"prompt_ids": "int64", "completion_ids": "int64", "label": "bool"}, tokenize_kto, streamed=False),
+    "kto": Kind({"prompt_ids": "int64", "completion_ids": "int64", "label": "bool"}, tokenize_kto, arrays=False),
     "prompt": Kind({"prompt": None, "reference": None, "meta": None},
-                   lambda recs, tok, s: tokenize_prompts(recs, tok, s, s.get("_dataset")), streamed=False),
+                   lambda recs, tok, s: tokenize_prompts(recs, tok, s, s.get("_dataset")), arrays=False),
 }
 
 
@@ -414,7 +414,7 @@ def _tokenize_batch(lines, job):
     if kind.packed:
         return np.asarray(kind.rows(records, tokenizer, settings), dtype=np.int64), {"records": len(records)}
     rows, stats = kind.rows(records, tokenizer, settings)
-    if not kind.streamed:
+    if not kind.arrays:
         return [{c: r[c] for c in kind.columns} for r in rows], stats
     columns = {}
     for name, dtype in kind.columns.items():
@@ -444,7 +444,12 @@ def _batches(path: Path, counted: dict):
 class ArrowShards:
     """Rows appended to Arrow files in the layout `Dataset.save_to_disk` writes
     (data-<i>-of-<n>.arrow, at most MAX_SHARD_BYTES each, + state.json and dataset_info.json), so
-    `load_from_disk` memory-maps them. The fingerprint is a hash of the rows."""
+    `load_from_disk` memory-maps them. The fingerprint is a hash of the rows.
+
+    `columns`: name -> Arrow type of the ids in a list column (write: numpy arrays), or None for
+    every column (write_rows: Python rows, their types inferred as Dataset.from_dict infers them).
+    A later batch may widen an inferred type (a message that first has tool_calls): the later shards
+    take the wider type, and finish() rewrites the earlier ones into it, one record batch at a time."""
 
     def __init__(self, directory: Path, columns: dict):
         import pyarrow as pa
@@ -453,8 +458,10 @@ class ArrowShards:
         self.pa, self.dir = pa, Path(directory)
         self.dir.mkdir(parents=True)
         self.columns = columns
-        self.features = Features({name: List(Value(dtype)) for name, dtype in columns.items()})
+        inferred = all(dtype is None for dtype in columns.values())
+        self.features = None if inferred else Features({name: List(Value(dtype)) for name, dtype in columns.items()})
         self.shards, self.writer, self.shard_bytes = [], None, 0
+        self.shard_features = []  # of each shard, as written
         self.hash = hashlib.sha256()
         self.rows = 0
 
@@ -463,6 +470,7 @@ class ArrowShards:
 
         path = self.dir / f".shard-{len(self.shards)}.arrow"
         self.shards.append(path)
+        self.shard_features.append(self.features)
         self.writer, self.shard_bytes = ArrowWriter(features=self.features, path=str(path)), 0
 
     def write(self, columns: dict):
@@ -490,6 +498,44 @@ class ArrowShards:
         self.writer.write_table(pa.Table.from_arrays(arrays, names=list(self.columns)))
         self.rows += n
 
+    def write_rows(self, rows: list[dict]):
+        """Rows of Python values (the columns of every kind whose rows are not only ids)."""
+        from datasets import Features
+
+        if not rows:
+            return
+        pa = self.pa
+        table = pa.Table.from_pylist(rows).select(list(self.columns))
+        schema = table.schema if self.features is None else pa.unify_schemas(
+            [self.features.arrow_schema, table.schema], promote_options="permissive").remove_metadata()
+        if self.features is None or schema != self.features.arrow_schema:
+            self.features = Features.from_arrow_schema(schema)
+            self._close()  # the next shard has the wider types
+        if self.writer is None or self.shard_bytes >= MAX_SHARD_BYTES:
+            self._close()
+            self._open()
+        self.writer.write_table(table.cast(self.features.arrow_schema))
+        self.hash.update(json.dumps(rows, sort_keys=True, ensure_ascii=False).encode())
+        self.shard_bytes += table.nbytes
+        self.rows += len(rows)
+
+    def _widen_earlier_shards(self):
+        """Rewrite the shards written before a type was widened into the final types."""
+        from datasets.arrow_writer import ArrowWriter
+
+        pa, final = self.pa, self.features.arrow_schema
+        for path, features in zip(self.shards, self.shard_features):
+            if features.arrow_schema == final:
+                continue
+            wider = path.with_name(path.name + ".wider")
+            writer = ArrowWriter(features=self.features, path=str(wider))
+            with pa.memory_map(str(path)) as source:
+                for batch in pa.ipc.open_stream(source):
+                    writer.write_table(pa.Table.from_batches([batch]).cast(final))
+            writer.finalize()
+            writer.close()
+            wider.replace(path)
+
     def _close(self):
         if self.writer is not None:
             self.writer.finalize()
@@ -497,12 +543,15 @@ class ArrowShards:
             self.writer = None
 
     def finish(self):
-        from datasets import DatasetInfo
+        from datasets import DatasetInfo, Features
         from datasets.utils.py_utils import asdict
 
+        if self.features is None:  # no rows of inferred types: what the rows would have had
+            self.features = Features.from_arrow_schema(self.pa.schema([(name, self.pa.null()) for name in self.columns]))
         if not self.shards:  # no rows: one empty shard, as save_to_disk writes
             self._open()
         self._close()
+        self._widen_earlier_shards()
         names = []
         for i, path in enumerate(self.shards):
             names.append(f"data-{i:05d}-of-{len(self.shards):05d}.arrow")
@@ -523,9 +572,7 @@ def _write_split(path: Path, out: Path, kind_name: str, tokenizer, settings, poo
     import numpy as np
 
     kind = KINDS[kind_name]
-    if not kind.streamed:
-        return _write_split_at_once(path, out, kind, tokenizer, settings, pool, progress, counted)
-    shards = ArrowShards(out, kind.columns)
+    shards = ArrowShards(out, kind.columns if kind.arrays else dict.fromkeys(kind.columns))
     packer = PTBlocks(settings["max_length"]) if kind.packed else None
     stats = dict(kind.rows([], tokenizer, settings)[1]) if not packer else None
     first = None
@@ -541,6 +588,9 @@ def _write_split(path: Path, out: Path, kind_name: str, tokenizer, settings, poo
         else:
             _add_stats(stats, batch_stats)
             columns = result
+        if not kind.arrays:
+            shards.write_rows(result)
+            continue
         first = first or _first_row(columns)
         shards.write(columns)
     if packer:
@@ -551,19 +601,6 @@ def _write_split(path: Path, out: Path, kind_name: str, tokenizer, settings, poo
         stats = packer.stats()
     shards.finish()
     return stats, shards.rows, first
-
-
-def _write_split_at_once(path, out, kind, tokenizer, settings, pool, progress, counted):
-    from datasets import Dataset
-
-    stats, rows = dict(kind.rows([], tokenizer, settings)[1]), []
-    for batch, (result, batch_stats) in pool.map(_tokenize_batch, _batches(path, counted)):
-        counted["records"] += len(batch)
-        progress.update(counted["records"], counted["bytes"])
-        _add_stats(stats, batch_stats)
-        rows += result
-    Dataset.from_dict({c: [r[c] for r in rows] for c in kind.columns}).save_to_disk(str(out))
-    return stats, len(rows), None
 
 
 def _add_stats(total: dict, stats: dict):

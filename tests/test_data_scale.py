@@ -70,31 +70,33 @@ def write_corpus(path: Path, mb: float, kind: str):
 
 
 def test_convert_and_tokenize_memory_does_not_grow_with_the_corpus(tmp_path, tiny_model):
-    """Each job on a 10 and a 30 MB corpus (PT text; an Alpaca JSON array): the 20 MB more may add
-    at most a third of their size to the job's peak memory, allocator noise and the tokenizer's
-    bounded word cache included. (Reading whole files, the jobs took about 20 times the corpus.)"""
-    model = tiny_model()
-    sizes = {"convert text": (10, 30), "convert JSON array": (10, 30), "tokenize": (10, 30)}
+    """Each job on a 10 and a 50 MB corpus (PT text; an Alpaca JSON array, tokenized as SFT rows on
+    2 workers and as RL prompts): the 40 MB more may add at most a third of their size to the job's
+    peak memory, allocator noise and the tokenizer's bounded word cache included. (Reading whole
+    files, the jobs took about 20 times the corpus.)"""
+    model = {"path": str(tiny_model()), "revision": None, "trust_remote_code": False}
+    script = {"convert": REPO / "scripts" / "convert.py", "tokenize": REPO / "scripts" / "tokenize_data.py"}
+    sizes = (10, 50)
     peaks = {}
-    for small_or_large in (0, 1):
-        for job, mbs in sizes.items():
-            mb = mbs[small_or_large]
-            raw = tmp_path / f"{job}{mb}.{'json' if 'array' in job else 'txt'}"
-            data = tmp_path / f"data-{job}{mb}"
-            write_corpus(raw, mb, "array" if "array" in job else "text")
-            convert = [REPO / "scripts" / "convert.py", "--out", data,
-                       "--settings", json.dumps(spec(raw, "alpaca" if "array" in job else "text"))]
-            if job != "tokenize":
-                peaks[job, mb] = peak_rss_mb(convert, tmp_path)
-                continue
-            subprocess.run([sys.executable, *convert], check=True, env=env_with_venv())
-            settings = {"kind": "pt", "model": {"path": str(model), "revision": None, "trust_remote_code": False},
-                        "max_length": 128}
-            peaks[job, mb] = peak_rss_mb([REPO / "scripts" / "tokenize_data.py", "--data", data, "--out",
-                                          tmp_path / f"tok{mb}", "--settings", json.dumps(settings)], tmp_path)
-    growth = {job: round(peaks[job, large] - peaks[job, small], 1) for job, (small, large) in sizes.items()}
+    for mb in sizes:
+        for kind in ("text", "array"):
+            raw = tmp_path / f"{kind}{mb}.{'json' if kind == 'array' else 'txt'}"
+            write_corpus(raw, mb, kind)
+            settings = spec(raw, "alpaca" if kind == "array" else "text")
+            peaks[f"convert {kind}", mb] = peak_rss_mb([script["convert"], "--out", tmp_path / f"data-{kind}{mb}",
+                                                        "--settings", json.dumps(settings)], tmp_path)
+        for job, data, settings, workers in (
+                ("tokenize PT", "text", {"kind": "pt"}, 1),
+                ("tokenize SFT", "array", {"kind": "sft", "chat_template": "chatml", "mask_prompt": True}, 2),
+                ("tokenize RL prompts", "array", {"kind": "prompt", "chat_template": "chatml"}, 1)):
+            settings = {**settings, "model": model, "max_length": 128}
+            peaks[job, mb] = peak_rss_mb([script["tokenize"], "--data", tmp_path / f"data-{data}{mb}", "--settings",
+                                          json.dumps(settings), "--out", tmp_path / f"tok-{job}{mb}".replace(" ", "-"),
+                                          "--workers", workers], tmp_path)
+    jobs = sorted({job for job, _ in peaks})
+    growth = {job: round(peaks[job, sizes[1]] - peaks[job, sizes[0]], 1) for job in jobs}
     print("peak RSS (MB):", {f"{job} {mb} MB": round(v) for (job, mb), v in peaks.items()}, "growth:", growth)
-    assert all(growth[job] < (large - small) / 3 for job, (small, large) in sizes.items()), (peaks, growth)
+    assert len(jobs) == 5 and all(growth[job] < (sizes[1] - sizes[0]) / 3 for job in jobs), (peaks, growth)
 
 
 def test_dedupe_remembers_16_bytes_a_record_and_finds_every_duplicate(monkeypatch):

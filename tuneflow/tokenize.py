@@ -26,7 +26,8 @@ recorded (the report shows it), or the job fails when `data.on_truncation` is `e
 Any size of data, flat memory: records stream from the JSONL in batches, `workers` processes
 tokenize the batches (in order, so the result does not depend on their number), and the rows are
 appended to Arrow shards as they come (the layout `Dataset.save_to_disk` writes; training
-memory-maps them with `load_from_disk`). PT blocks are cut from the running token stream.
+memory-maps them with `load_from_disk`), every kind of rows alike. PT blocks are cut from the
+running token stream.
 A new kind of rows is one entry of KINDS: its columns and a function from a batch of records to
 rows and counts.
 """

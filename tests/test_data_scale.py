@@ -100,12 +100,14 @@ def test_convert_and_tokenize_memory_does_not_grow_with_the_corpus(tmp_path, tin
 
 
 def test_dedupe_remembers_16_bytes_a_record_and_finds_every_duplicate(monkeypatch):
-    """The log-structured set of content digests (flushed every 7 here) against a plain set."""
+    """The log-structured set of content digests (flushed every 7, arrays merged up to 40 digests
+    here) against a plain set."""
     import hashlib
 
     from tuneflow.data import seen
 
     monkeypatch.setattr(seen, "FLUSH_AT", 7)
+    monkeypatch.setattr(seen, "MERGE_UP_TO", 40)
     rng = random.Random(0)
     digests = [hashlib.blake2b(str(rng.randrange(300)).encode(), digest_size=16).digest() for _ in range(3000)]
     ours, plain, decisions = seen.SeenDigests(), set(), []
@@ -117,6 +119,7 @@ def test_dedupe_remembers_16_bytes_a_record_and_finds_every_duplicate(monkeypatc
         ours.flush_if_full()
     assert all(a == b for a, b in decisions) and len(ours) == len(plain) == 300
     assert len(ours.levels) > 1 and all(level.dtype.itemsize == 16 for level in ours.levels)
+    assert max(len(level) for level in ours.levels) <= 40 < sum(len(level) for level in ours.levels)
 
 
 # -- JSON arrays and lines, streamed: what the whole-file reading gave --------------------------------

@@ -343,12 +343,16 @@ class Kind:
     """A kind of tokenized rows: its columns (name -> Arrow value type) and how a batch of
     canonical records becomes rows (+ counts that add up over batches). `packed`: the rows are
     PT blocks cut from the token stream of all batches (the function returns that stream; every
-    column holds the block). `arrays: False`: columns that are not all lists of ids (KTO's label,
-    RL's prompt messages) go to the Arrow shards as Python rows, their types inferred; both stream."""
+    column holds the block). Columns typed None (KTO's label, RL's prompt messages: not all lists
+    of ids) go to the Arrow shards as Python rows, their types inferred; both stream."""
     columns: dict
     rows: object  # (records, tokenizer, settings) -> (rows, stats), or the token stream when packed
     packed: bool = False
-    arrays: bool = True
+
+    @property
+    def arrays(self) -> bool:
+        """Every column a list of ids of a given type: the rows travel as numpy arrays."""
+        return all(dtype is not None for dtype in self.columns.values())
 
 
 KINDS = {
@@ -357,9 +361,9 @@ KINDS = {
     # Plain text mixed into SFT (so that it forgets less of it): PT's blocks, every token a label.
     "sft_text": Kind({"input_ids": "int32", "labels": "int64"}, pt_token_stream, packed=True),
     "dpo": Kind({"prompt_ids": "int64", "chosen_ids": "int64", "rejected_ids": "int64"}, tokenize_dpo),
-    "kto": Kind({"prompt_ids": "int64", "completion_ids": "int64", "label": "bool"}, tokenize_kto, arrays=False),
+    "kto": Kind({"prompt_ids": None, "completion_ids": None, "label": None}, tokenize_kto),
     "prompt": Kind({"prompt": None, "reference": None, "meta": None},
-                   lambda recs, tok, s: tokenize_prompts(recs, tok, s, s.get("_dataset")), arrays=False),
+                   lambda recs, tok, s: tokenize_prompts(recs, tok, s, s.get("_dataset"))),
 }
 
 
@@ -573,7 +577,7 @@ def _write_split(path: Path, out: Path, kind_name: str, tokenizer, settings, poo
     import numpy as np
 
     kind = KINDS[kind_name]
-    shards = ArrowShards(out, kind.columns if kind.arrays else dict.fromkeys(kind.columns))
+    shards = ArrowShards(out, kind.columns)
     packer = PTBlocks(settings["max_length"]) if kind.packed else None
     stats = dict(kind.rows([], tokenizer, settings)[1]) if not packer else None
     first = None
